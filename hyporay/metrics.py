@@ -1,0 +1,202 @@
+"""Exact risks of a classifier under the adversarial, hypocritical and stability threat models.
+
+Every risk is a supremum over the ε-ball of a per-example indicator (reference §1):
+    R_adv = E[max 1(f(x') != y)],  R_hyp = E[max 1(f(x') = y)],  R_sta = E[max 1(f(x') != f(x))].
+An attack only finds *witnesses* x' of such events, so each indicator is lower-bounded by the max over
+all points we evaluated for that example: the clean point x itself (it lies in the ball) and every
+attack's output. Using the same witnesses for every risk makes the paper's identities hold exactly:
+Theorem 4.4  R_hyp(D) = 1 - (1 - R_hyp(D-)) * R_nat, and Theorem 4.5's R_sta(D-) >= R_hyp(D-).
+Subset risks (D+ correct, D- misclassified) are computed on the exact per-example subsets, never via
+the (F - D) / (100 - D) shortcut. A subset that is empty gives NaN.
+
+The metric names below are the single source of truth for trials, MLflow, frontiers and reports.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from hyporay.attacks import AttackSpec, frozen_eval
+
+ACC_CLEAN = "acc_clean"                        # D: clean accuracy
+ACC_ADV = "acc_adv"                            # A: 1 - R_adv(D)
+ACC_HYP = "acc_hyp"                            # F: R_hyp(D)
+NATURAL_RISK = "natural_risk"                  # R_nat = 1 - D (x-axis of the trade-off frontier)
+ADVERSARIAL_RISK = "adversarial_risk"          # R_adv(D)
+ADVERSARIAL_RISK_CORRECT = "adversarial_risk_correct"  # R_adv(D+)
+HYPOCRITICAL_RISK_ALL = "hypocritical_risk_all"        # R_hyp(D)
+HYPOCRITICAL_RISK = "hypocritical_risk"        # R_hyp(D-): the false friend's success rate (y-axis)
+STABILITY_RISK = "stability_risk"              # R_sta(D)
+STABILITY_RISK_MISCLASSIFIED = "stability_risk_misclassified"  # R_sta(D-)
+N_EXAMPLES = "n_examples"
+N_MISCLASSIFIED = "n_misclassified"
+TARGETED_PREFIX = "targeted_success_"  # + label: success toward that label on D- (Fig. 3), see aggregate
+TARGETED_MEAN = "targeted_success_mean"        # mean over labels of the above
+
+RISK_METRICS = (NATURAL_RISK, ADVERSARIAL_RISK, ADVERSARIAL_RISK_CORRECT, HYPOCRITICAL_RISK_ALL,
+                HYPOCRITICAL_RISK, STABILITY_RISK, STABILITY_RISK_MISCLASSIFIED)
+ACCURACY_METRICS = (ACC_CLEAN, ACC_ADV, ACC_HYP)
+CORE_METRICS = ACCURACY_METRICS + RISK_METRICS + (N_EXAMPLES, N_MISCLASSIFIED)
+
+
+def targeted_metric(label: int) -> str:
+    return f"{TARGETED_PREFIX}{label}"
+
+
+@dataclass
+class PerExample:
+    """Per-example outcomes (bool tensors of shape N, on CPU) behind the aggregate metrics."""
+
+    y: Tensor
+    clean_pred: Tensor
+    adv_success: Tensor      # some witness x' with f(x') != y
+    hyp_success: Tensor      # some witness x' with f(x') == y
+    sta_success: Tensor      # some witness x' with f(x') != f(x)
+    targeted: dict[int, Tensor] = field(default_factory=dict)  # label -> witness with f(x') == label
+
+    @property
+    def correct(self) -> Tensor:
+        return self.clean_pred == self.y
+
+
+def _mean(mask: Tensor, subset: Tensor | None = None) -> float:
+    """Exact share of True in ``mask`` (over ``subset``): integer counts, one float64 division."""
+    if subset is not None:
+        mask = mask[subset]
+    n = mask.numel()
+    return int(mask.sum()) / n if n else math.nan
+
+
+def aggregate(pe: PerExample) -> dict[str, float]:
+    """Turn per-example outcomes into the named metrics (exact subset values)."""
+    correct = pe.correct
+    wrong = ~correct
+    out = {
+        N_EXAMPLES: float(correct.numel()),
+        N_MISCLASSIFIED: float(wrong.sum()),
+        ACC_CLEAN: _mean(correct),
+        NATURAL_RISK: _mean(wrong),
+        ADVERSARIAL_RISK: _mean(pe.adv_success),
+        ADVERSARIAL_RISK_CORRECT: _mean(pe.adv_success, correct),
+        HYPOCRITICAL_RISK_ALL: _mean(pe.hyp_success),
+        HYPOCRITICAL_RISK: _mean(pe.hyp_success, wrong),
+        STABILITY_RISK: _mean(pe.sta_success),
+        STABILITY_RISK_MISCLASSIFIED: _mean(pe.sta_success, wrong),
+    }
+    out[ACC_ADV] = _mean(~pe.adv_success)
+    out[ACC_HYP] = out[HYPOCRITICAL_RISK_ALL]
+    rates = []
+    for label, succ in sorted(pe.targeted.items()):
+        # Fig. 3: among misclassified points that the attack must move to the label (neither their
+        # true label nor their clean prediction is the target), the share it reaches.
+        rate = _mean(succ, wrong & (pe.y != label) & (pe.clean_pred != label))
+        out[targeted_metric(label)] = rate
+        if not math.isnan(rate):
+            rates.append(rate)
+    if pe.targeted:
+        out[TARGETED_MEAN] = sum(rates) / len(rates) if rates else math.nan
+    return out
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: Tensor) -> Tensor:
+    return model(x).argmax(1)
+
+
+def evaluate_batch(model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec, *,
+                   targeted: bool | Iterable[int] = False, num_classes: int | None = None,
+                   generator: torch.Generator | None = None) -> PerExample:
+    """Attack one batch (x in [0,1], N x C x H x W; y int64 N) and return per-example outcomes.
+
+    Runs the adversarial and stability attacks on every example and the hypocritical attack (and
+    targeted attacks, if asked) on the misclassified ones only: on D+ the hypocritical indicator is 1
+    by definition (x itself is a witness), so attacking them would not change any metric.
+    """
+    with frozen_eval(model):
+        clean_pred = _predict(model, x)
+        correct = clean_pred == y
+        wrong_idx = (~correct).nonzero().flatten()
+
+        x_adv = spec.run(model, x, y, "adversarial", generator=generator)
+        x_sta = spec.run(model, x, y, "stability", generator=generator)
+        adv_pred, sta_pred = _predict(model, x_adv), _predict(model, x_sta)
+        hyp_pred_w = clean_pred[wrong_idx]
+        if wrong_idx.numel():
+            x_hyp_w = spec.run(model, x[wrong_idx], y[wrong_idx], "hypocritical", generator=generator)
+            hyp_pred_w = _predict(model, x_hyp_w)
+
+        # Every evaluated point is a witness for every indicator.
+        preds = [clean_pred, adv_pred, sta_pred]
+        hyp_pred = clean_pred.clone()
+        hyp_pred[wrong_idx] = hyp_pred_w
+        preds.append(hyp_pred)
+        tgt: dict[int, Tensor] = {}
+        labels = _target_labels(targeted, num_classes)
+        for label in labels:
+            hit = torch.zeros_like(correct)
+            for p in preds:
+                hit |= p == label
+            if wrong_idx.numel():
+                xw, yw = x[wrong_idx], y[wrong_idx]
+                t = torch.full_like(yw, label)
+                hit[wrong_idx] |= _predict(model, spec.run(model, xw, yw, "targeted", target=t,
+                                                           generator=generator)) == label
+            tgt[label] = hit.cpu()
+
+    stacked = torch.stack(preds)
+    adv_success = (stacked != y).any(0)
+    hyp_success = (stacked == y).any(0)
+    sta_success = (stacked != clean_pred).any(0)
+    return PerExample(y=y.cpu(), clean_pred=clean_pred.cpu(), adv_success=adv_success.cpu(),
+                      hyp_success=hyp_success.cpu(), sta_success=sta_success.cpu(), targeted=tgt)
+
+
+def _target_labels(targeted: bool | Iterable[int], num_classes: int | None) -> list[int]:
+    if targeted is False:
+        return []
+    if targeted is True:
+        if num_classes is None:
+            raise ValueError("num_classes: required when targeted=True (per-label success rates)")
+        return list(range(num_classes))
+    return [int(t) for t in targeted]
+
+
+def _concat(parts: list[PerExample]) -> PerExample:
+    labels = parts[0].targeted.keys()
+    return PerExample(
+        y=torch.cat([p.y for p in parts]),
+        clean_pred=torch.cat([p.clean_pred for p in parts]),
+        adv_success=torch.cat([p.adv_success for p in parts]),
+        hyp_success=torch.cat([p.hyp_success for p in parts]),
+        sta_success=torch.cat([p.sta_success for p in parts]),
+        targeted={k: torch.cat([p.targeted[k] for p in parts]) for k in labels},
+    )
+
+
+def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], spec: AttackSpec, *,
+             targeted: bool | Iterable[int] = False, num_classes: int | None = None,
+             device: torch.device | str | None = None, generator: torch.Generator | None = None,
+             return_per_example: bool = False):
+    """Evaluate ``model`` over ``batches`` of (x in [0,1], y) under ``spec``; all risks on the same examples.
+
+    Returns a dict of the metric names above (floats; NaN for an empty subset), plus the per-example
+    outcomes when ``return_per_example`` is set. The model's train/eval mode is restored afterwards.
+    ``device`` defaults to the model's parameters' device.
+    """
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    parts = []
+    for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        parts.append(evaluate_batch(model, x, y, spec, targeted=targeted, num_classes=num_classes,
+                                    generator=generator))
+    if not parts:
+        raise ValueError("batches: no examples to evaluate")
+    pe = _concat(parts)
+    metrics = aggregate(pe)
+    return (metrics, pe) if return_per_example else metrics
