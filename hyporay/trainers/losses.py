@@ -1,0 +1,71 @@
+"""Per-batch training losses: NT, PGD-AT, TRADES, THRM (000 §5.1). The only thing trainers differ in.
+
+Each loss is ``fn(model, x, y, ctx) -> (loss, logits)`` (logits of the inputs the CE term saw). The model is in train mode
+when called; the inner attack runs in eval mode (the PGD engine sees to that and restores the mode).
+KL terms are KL(p(x) || p(x')) with ``batchmean`` reduction, gradients through both sides (the clean
+distribution is not detached), as in the official TRADES and False-Friends code.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hyporay.attacks import AttackSpec
+
+
+@dataclass
+class LossContext:
+    """What a per-batch loss needs besides the batch."""
+
+    attack: AttackSpec          # the training attack (threat model, steps, step size, start)
+    lam: float = 0.0            # λ of TRADES / THRM
+    concat_forward: bool = True  # one forward on cat(x, x') (False-Friends) vs two (official TRADES)
+    generator: torch.Generator | None = None
+
+
+def _forward_pair(model: nn.Module, x: Tensor, x_pert: Tensor, concat: bool) -> tuple[Tensor, Tensor]:
+    if concat:  # BatchNorm statistics over 2B examples, as in the False-Friends code
+        out = model(torch.cat([x, x_pert]))
+        return out[: len(x)], out[len(x):]
+    return model(x), model(x_pert)
+
+
+def kl_batchmean(logits_p: Tensor, logits_q: Tensor) -> Tensor:
+    """KL(p || q) summed over classes, averaged over the batch; p, q = softmax of the logits."""
+    log_p = F.log_softmax(logits_p.float(), dim=1)
+    log_q = F.log_softmax(logits_q.float(), dim=1)
+    return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
+
+
+def natural(model, x, y, ctx):
+    logits = model(x)
+    return F.cross_entropy(logits, y), logits
+
+
+def pgd_at(model, x, y, ctx):
+    x_adv = ctx.attack.run(model, x, y, "adversarial", generator=ctx.generator)
+    logits = model(x_adv)
+    return F.cross_entropy(logits, y), logits
+
+
+def _regularised(objective: str):
+    def loss(model, x, y, ctx):
+        if ctx.lam == 0:  # λ = 0 is natural training exactly; skip the inner attack
+            return natural(model, x, y, ctx)
+        x_pert = ctx.attack.run(model, x, y, objective, generator=ctx.generator)
+        logits, logits_pert = _forward_pair(model, x, x_pert, ctx.concat_forward)
+        return F.cross_entropy(logits, y) + ctx.lam * kl_batchmean(logits, logits_pert), logits
+    loss.__name__ = objective
+    return loss
+
+
+trades = _regularised("stability")      # x' = argmax KL(p(x) || p(x'))
+thrm = _regularised("hypocritical")     # x' = argmin CE(p(x'), y)
+
+LOSSES: dict[str, Callable] = {"natural": natural, "pgd_at": pgd_at, "trades": trades, "thrm": thrm}
+#: how many inner-attack passes each loss spends per batch (for cost models): 0 or the attack's steps
+ATTACKS_PER_BATCH = {"natural": 0, "pgd_at": 1, "trades": 1, "thrm": 1}
