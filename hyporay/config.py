@@ -1,0 +1,241 @@
+"""Typed trial configuration, loaded from YAML, validated before any work with one-line errors.
+
+Every field error reads ``<dotted.field>: <what is wrong>; <what is allowed>``, e.g.
+``train.lam: must be >= 0, got -1`` or ``model.name: unknown 'resnet19'; known: cnn, mlp, ...``.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hyporay.attacks import AttackSpec
+from hyporay.attacks.pgd import RANDOM_STARTS
+from hyporay.trainers import LOSSES
+
+
+class ConfigError(ValueError):
+    """A user error in a configuration: one line naming the field and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AttackConfig(_Strict):
+    """Threat model and PGD settings; eps and step_size in pixel units of [0,1] inputs."""
+
+    norm: Literal["linf", "l2"] = "linf"
+    eps: float = Field(8 / 255, ge=0)
+    steps: int = Field(10, ge=1)
+    step_size: float | None = Field(None, ge=0, description="None = eps/4")
+    restarts: int = Field(1, ge=1)
+    random_start: Literal[RANDOM_STARTS] = "auto"  # type: ignore[valid-type]
+    best_iterate: bool = False
+
+    def spec(self) -> AttackSpec:
+        return AttackSpec(norm=self.norm, eps=self.eps, steps=self.steps, step_size=self.step_size,
+                          restarts=self.restarts, random_start=self.random_start,
+                          best_iterate=self.best_iterate)
+
+
+class DataConfig(_Strict):
+    name: str = "digits"
+    root: str = "data"
+    download: bool = False
+    subset_train: int | None = Field(None, ge=1)
+    subset_test: int | None = Field(None, ge=1)
+    test_fraction: float = Field(0.3, gt=0, lt=1)
+    split_seed: int = Field(0, ge=0, description="seed of the train/test split and subsets (fixed across "
+                                                 "trial seeds, so every trial of a sweep sees the same test set)")
+    cache_dir: str | None = Field(None, description="generated training sets; None = <root>/hyporay-cache")
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        from hyporay.data import list_datasets
+
+        if v not in list_datasets():
+            raise ValueError(f"unknown {v!r}; known: {', '.join(list_datasets())}")
+        return v
+
+
+class ModelConfig(_Strict):
+    name: str = "mlp"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        from hyporay.models import list_models
+
+        if v not in list_models():
+            raise ValueError(f"unknown {v!r}; known: {', '.join(list_models())}")
+        return v
+
+
+class VariantConfig(_Strict):
+    """Training-set quality (the paper's substandard models); poisoning settings from reference §5."""
+
+    name: Literal["quality", "naive", "noise", "mislabeling", "poisoning"] = "quality"
+    method: Literal["p1", "p2", "p3", "p4", "p5"] = "p1"
+    eps: float | None = Field(None, ge=0, description="None = the training attack's eps")
+    norm: Literal["linf", "l2"] | None = Field(None, description="None = the training attack's norm")
+    steps: int = Field(100, ge=1)
+    source_model: str | None = Field(None, description="naturally trained source model; None = model.name")
+    source_epochs: int = Field(10, ge=1)
+    source_lr: float = Field(0.05, gt=0)
+
+
+class TrainConfig(_Strict):
+    trainer: Literal[tuple(sorted(LOSSES))] = "natural"  # type: ignore[valid-type]
+    lam: float = Field(0.0, ge=0, description="λ of TRADES/THRM")
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.1, gt=0)
+    lr_large_lambda: float | None = Field(None, gt=0, description="lr used when lam >= 10 (paper: 0.05)")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    milestones: list[int] = Field(default_factory=list)
+    gamma: float = Field(0.1, gt=0)
+    augment: bool = False
+    amp: bool = False
+    channels_last: bool = False
+    concat_forward: bool = Field(True, description="one forward on cat(x, x') (False-Friends code)")
+    attack: AttackConfig = Field(default_factory=AttackConfig)
+
+    @property
+    def effective_lr(self) -> float:
+        return self.lr_large_lambda if (self.lr_large_lambda and self.lam >= 10) else self.lr
+
+
+class EvalConfig(_Strict):
+    every: int = Field(1, ge=1, description="evaluate every N epochs (and always after the last)")
+    batch_size: int = Field(512, ge=1)
+    targeted: bool = Field(False, description="also per-label targeted success on D- (Fig. 3)")
+    attack: AttackConfig = Field(default_factory=lambda: AttackConfig(steps=20))
+
+
+class TrialConfig(_Strict):
+    name: str = "trial"
+    seed: int = Field(0, ge=0)
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads; None = leave as is")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    variant: VariantConfig = Field(default_factory=VariantConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v == "auto" or v == "cpu" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError(f"unknown {v!r}; allowed: auto, cpu, cuda, cuda:N")
+
+    @model_validator(mode="after")
+    def _source_model(self) -> TrialConfig:
+        from hyporay.models import list_models
+
+        src = self.variant.source_model
+        if src is not None and src not in list_models():
+            raise ValueError(f"variant.source_model: unknown {src!r}; known: {', '.join(list_models())}")
+        return self
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key view of the whole config (MLflow params, tables)."""
+        return flatten(self.model_dump())
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _format(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    if e["type"] == "extra_forbidden":
+        return f"{loc}: unknown key; known: {', '.join(_known_keys(e['loc'][:-1]))}"
+    msg = e["msg"].removeprefix("Value error, ")
+    if msg.startswith(loc + ":"):  # cross-field validators already name their field
+        return msg
+    if e["type"] == "value_error":  # our validators already show the offending value
+        return f"{loc}: {msg}"
+    got = e.get("input")
+    shown = "" if isinstance(got, (dict, list)) or e["type"] == "missing" else f" (got {got!r})"
+    return f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}"
+
+
+def _known_keys(path: tuple) -> list[str]:
+    cls: type[BaseModel] = TrialConfig
+    for part in path:
+        ann = cls.model_fields[part].annotation
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        cls = ann
+    return list(cls.model_fields)
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["train.lam=5", "model.name=cnn"]`` -> nested dict; values parsed as YAML scalars."""
+    out: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set {pair}: expected key=value, e.g. train.lam=5")
+        key, raw = pair.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def merge(base: dict, over: dict) -> dict:
+    """Deep-merge ``over`` into a copy of ``base``."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(source: TrialConfig | dict | str | Path | None = None, overrides: list[str] | dict | None = None
+                ) -> TrialConfig:
+    """Build a validated ``TrialConfig`` from a YAML path, a dict or a config, plus overrides.
+
+    Raises ``ConfigError`` (one line) on any invalid field, unknown key or unreadable file.
+    """
+    if isinstance(source, TrialConfig):
+        data = source.model_dump()
+    elif isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config: file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config: {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config: {path} must hold a mapping of fields, got {type(data).__name__}")
+    else:
+        data = dict(source or {})
+    if overrides:
+        data = merge(data, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
+    try:
+        return TrialConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format(err)) from None

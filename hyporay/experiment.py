@@ -1,0 +1,205 @@
+"""One trial, start to finish, without Ray: config -> data -> model -> train -> evaluate -> metrics.
+
+``run_trial`` is what the CLI, the Ray Tune trainable and the Optuna workers all call. It validates
+the whole config before any work, evaluates with ``hyporay.metrics`` after every ``eval.every``
+epochs (and after the last), checkpoints, and calls ``report(metrics, checkpoint_dir)``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from hyporay import metrics as M
+from hyporay.config import ConfigError, TrialConfig, load_config
+from hyporay.data import Dataset, iterate_batches, load_dataset
+from hyporay.models import build_model
+from hyporay.trainers import OptimConfig, Trainer
+
+CHECKPOINT_FILE = "checkpoint.pt"
+EPOCH = "epoch"
+Report = Callable[[dict, str], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} requested but no CUDA device is available; use auto or cpu")
+    return dev
+
+
+def load_trial_data(cfg: TrialConfig) -> Dataset:
+    """The trial's data set (train/test split from the seed), with the eval subset applied."""
+    d = cfg.data
+    return load_dataset(d.name, root=d.root, seed=d.split_seed, download=d.download, subset_train=d.subset_train,
+                        subset_test=d.subset_test, test_fraction=d.test_fraction)
+
+
+def variant_spec(cfg: TrialConfig):
+    from hyporay.variants import VariantSpec
+
+    v, a = cfg.variant, cfg.train.attack
+    return VariantSpec(name=v.name, method=v.method, eps=a.eps if v.eps is None else v.eps,
+                       norm=v.norm or a.norm, steps=v.steps, source_model=v.source_model or cfg.model.name,
+                       source_model_kwargs=dict(cfg.model.kwargs) if v.source_model is None else {},
+                       source_epochs=v.source_epochs, source_lr=v.source_lr,
+                       source_batch_size=cfg.train.batch_size)
+
+
+def training_set(cfg: TrialConfig, ds: Dataset, device: torch.device):
+    from hyporay.variants import build_training_set
+
+    cache = cfg.data.cache_dir or str(Path(cfg.data.root) / "hyporay-cache")
+    return build_training_set(ds, variant_spec(cfg), seed=cfg.seed, cache_dir=cache, device=str(device))
+
+
+def make_model(cfg: TrialConfig, ds: Dataset) -> torch.nn.Module:
+    return build_model(cfg.model.name, in_shape=ds.in_shape, num_classes=ds.num_classes, mean=ds.mean,
+                       std=ds.std, **cfg.model.kwargs)
+
+
+def make_trainer(cfg: TrialConfig, model: torch.nn.Module, device: torch.device) -> Trainer:
+    t = cfg.train
+    return Trainer(model, loss=t.trainer, attack=t.attack.spec(), lam=t.lam,
+                   optim=OptimConfig(lr=t.effective_lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                                     milestones=t.milestones, gamma=t.gamma),
+                   batch_size=t.batch_size, augment=t.augment, amp=t.amp, channels_last=t.channels_last,
+                   concat_forward=t.concat_forward, device=device, seed=cfg.seed)
+
+
+def evaluate_model(cfg: TrialConfig, model: torch.nn.Module, ds: Dataset, device: torch.device,
+                   *, epoch: int, spec=None) -> dict[str, float]:
+    """All risks of ``model`` on the test split under the eval attack (or ``spec``), seeded by epoch."""
+    spec = spec or cfg.eval.attack.spec()
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + epoch)
+    batches = iterate_batches(ds.x_test, ds.y_test, cfg.eval.batch_size, shuffle=False, device=device)
+    return M.evaluate(model, batches, spec, targeted=cfg.eval.targeted, num_classes=ds.num_classes,
+                      device=device, generator=gen)
+
+
+def save_checkpoint(path: Path, cfg: TrialConfig, trainer: Trainer, ds: Dataset, metrics: dict) -> None:
+    """Atomically write ``checkpoint.pt`` (loadable with ``torch.load(..., weights_only=True)``)."""
+    state = {
+        "format": 1,
+        "config": cfg.model_dump(),
+        "trainer": trainer.state_dict(),
+        "dataset": {"name": ds.name, "in_shape": list(ds.in_shape), "num_classes": ds.num_classes,
+                    "mean": list(ds.mean), "std": list(ds.std)},
+        "metrics": {k: float(v) for k, v in metrics.items()},
+    }
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / (CHECKPOINT_FILE + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path / CHECKPOINT_FILE)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load a checkpoint written by ``save_checkpoint`` (a directory or the file itself)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / CHECKPOINT_FILE
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint: no {CHECKPOINT_FILE} at {path}")
+    return torch.load(p, map_location=map_location, weights_only=True)
+
+
+def model_from_checkpoint(state: dict, device="cpu") -> tuple[torch.nn.Module, TrialConfig]:
+    cfg = load_config(state["config"])
+    d = state["dataset"]
+    model = build_model(cfg.model.name, in_shape=tuple(d["in_shape"]), num_classes=d["num_classes"],
+                        mean=d["mean"], std=d["std"], **cfg.model.kwargs)
+    model.load_state_dict(state["trainer"]["model"])
+    return model.to(device).eval(), cfg
+
+
+def _is_eval_epoch(epoch: int, cfg: TrialConfig, last: int) -> bool:
+    return epoch == last or epoch % cfg.eval.every == 0
+
+
+def run_trial(config: TrialConfig | dict | str | Path, report: Report | None = None, *,
+              data: Dataset | None = None, resume_from: str | Path | None = None,
+              checkpoint_dir: str | Path | None = None, log: Callable[[str], None] | None = None) -> dict:
+    """Train and evaluate one configuration; returns the final metrics (names from hyporay.metrics).
+
+    Args:
+        config: a ``TrialConfig``, a dict or a YAML path; fully validated before any work.
+        report: called as ``report(metrics, checkpoint_dir)`` after each evaluation; the directory holds
+            ``checkpoint.pt`` and is only valid during the call (Ray Tune copies it) unless
+            ``checkpoint_dir`` is given.
+        data: the data set, if the caller already has it (Ray puts it in the object store once).
+        resume_from: a checkpoint (directory or file) to continue from; training resumes after its epoch
+            with identical RNG state, so the final metrics equal those of an uninterrupted run.
+        checkpoint_dir: keep the latest checkpoint here (overwritten at each evaluation).
+        log: called with one human-readable line per epoch.
+    """
+    cfg = load_config(config)
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    ds = data if data is not None else load_trial_data(cfg)
+    x_train, y_train = training_set(cfg, ds, device)
+    model = make_model(cfg, ds)
+    trainer = make_trainer(cfg, model, device)
+    if resume_from is not None:
+        trainer.load_state_dict(load_checkpoint(resume_from, map_location=device)["trainer"])
+    epochs = 0 if cfg.variant.name == "naive" else cfg.train.epochs  # Naive: never trained
+    metrics: dict = {}
+    if trainer.epoch >= epochs and resume_from is not None:
+        state = load_checkpoint(resume_from)
+        return state["metrics"]
+    start = time.perf_counter()
+    for epoch in range(trainer.epoch + 1 if epochs else 0, epochs + 1):
+        stats = trainer.train_epoch(x_train, y_train) if epochs else {}
+        if not _is_eval_epoch(epoch, cfg, epochs):
+            if log:
+                log(_epoch_line(epoch, epochs, stats, None))
+            continue
+        metrics = {EPOCH: float(epoch), **stats,
+                   **evaluate_model(cfg, trainer.model, ds, device, epoch=epoch),
+                   "elapsed_seconds": time.perf_counter() - start}
+        if log:
+            log(_epoch_line(epoch, epochs, stats, metrics))
+        _checkpoint_and_report(cfg, trainer, ds, metrics, report, checkpoint_dir)
+    return metrics
+
+
+def _checkpoint_and_report(cfg, trainer, ds, metrics, report, checkpoint_dir) -> None:
+    if checkpoint_dir is not None:
+        save_checkpoint(Path(checkpoint_dir), cfg, trainer, ds, metrics)
+        (Path(checkpoint_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if report is None:
+        return
+    if checkpoint_dir is not None:
+        report(metrics, str(checkpoint_dir))
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="hyporay-ckpt-"))
+    try:
+        save_checkpoint(tmp, cfg, trainer, ds, metrics)
+        report(metrics, str(tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fmt(v) -> str:
+    return "  nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def _epoch_line(epoch: int, epochs: int, stats: dict, metrics: dict | None) -> str:
+    head = f"epoch {epoch:3d}/{epochs}"
+    if stats:
+        head += f"  loss {stats['train_loss']:.4f}  train_acc {stats['train_acc']:.3f}  " \
+                f"{stats['epoch_seconds']:.1f}s"
+    if metrics is None:
+        return head
+    return (f"{head}  | D {_fmt(metrics[M.ACC_CLEAN])}  A {_fmt(metrics[M.ACC_ADV])}  "
+            f"F {_fmt(metrics[M.ACC_HYP])}  R_hyp(D-) {_fmt(metrics[M.HYPOCRITICAL_RISK])}")

@@ -1,0 +1,68 @@
+"""Connecting to Ray and sizing trials from what the connected cluster really has."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    address: str            # "local" or the cluster address
+    cpus: float
+    gpus: float
+    max_node_cpus: float
+    max_node_gpus: float
+    nodes: int
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None):
+    """Connect to a running cluster when RAY_ADDRESS (or ``address``) says so, else start a fresh local Ray.
+
+    A local Ray binds 127.0.0.1 only (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) and is always a new instance
+    (``address="local"``): a dead cluster's address left in Ray's temp dir would otherwise hang init.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and address != "local":
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    else:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR",
+                 log_to_driver=False)
+    return ray
+
+
+def cluster_info() -> ClusterInfo:
+    import ray
+
+    res = ray.cluster_resources()
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    return ClusterInfo(
+        address=os.environ.get("RAY_ADDRESS") or "local",
+        cpus=float(res.get("CPU", 0)), gpus=float(res.get("GPU", 0)),
+        max_node_cpus=max((float(n["Resources"].get("CPU", 0)) for n in alive), default=0.0),
+        max_node_gpus=max((float(n["Resources"].get("GPU", 0)) for n in alive), default=0.0),
+        nodes=len(alive))
+
+
+def trial_resources(info: ClusterInfo, *, cpus_per_trial: float = 1, gpu_fraction: float = 1.0,
+                    gpus_per_trial: float | None = None) -> dict[str, float]:
+    """Resources for one trial that the cluster can place.
+
+    With GPUs in the cluster a trial asks for ``gpu_fraction`` of one (several trials share a GPU; the
+    fraction is logical, so size it to the model's memory) plus CPUs; without GPUs it asks for CPUs only
+    (a GPU request on a GPU-less cluster would stay PENDING forever). ``gpus_per_trial`` forces a GPU
+    request, for autoscaling clusters whose GPU workers are not up yet. CPUs are capped at the largest
+    node's, so every trial fits on some node.
+    """
+    cpu = float(cpus_per_trial)
+    if info.max_node_cpus:
+        cpu = min(cpu, info.max_node_cpus)
+    if gpus_per_trial is not None:
+        return {"cpu": cpu, "gpu": float(gpus_per_trial)}
+    if info.gpus > 0:
+        return {"cpu": cpu, "gpu": min(float(gpu_fraction), info.max_node_gpus or float(gpu_fraction))}
+    return {"cpu": cpu}

@@ -1,0 +1,366 @@
+"""Sweeps on Ray Tune: a declarative definition, profiles, the Tuner, MLflow parent runs and frontiers.
+
+A sweep script (sweeps/*.py) is a ``SweepDefinition``: its axes (dotted trial-config keys and their values),
+which axes the command line can override, and whether it ends with a trade-off frontier. ``main`` does the
+rest: profile choice, Ray, MLflow, the Tuner (or ``Tuner.restore``), artefacts and the closing summary.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hyporay import metrics as M
+from hyporay.config import ConfigError, load_config, merge, parse_overrides
+from hyporay.sweep import frontier as F
+from hyporay.sweep import tracking
+from hyporay.sweep.cluster import ClusterInfo, cluster_info, init_ray, trial_resources
+from hyporay.sweep.trainable import data_key, run_name, trial_key, tune_trainable
+
+STATE_FILE = "hyporay_sweep.json"
+PROFILES = ("auto", "local", "paper")
+
+
+@dataclass
+class Axis:
+    key: str                       # dotted trial-config key, e.g. "train.lam"
+    values: list[Any] | None       # None: take the profile's value for this key (``sweep.<flag>``)
+    flag: str | None = None        # command-line flag that overrides it, e.g. "--lambdas"
+    type: Callable = str
+    help: str = ""
+
+
+@dataclass
+class SweepDefinition:
+    name: str
+    description: str
+    axes: list[Axis]
+    frontier: bool = True
+    after: Callable | None = None  # fn(context dict) -> list of extra artefact paths (tables, ...)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+# --- profiles -------------------------------------------------------------------------------------------
+
+def load_profile(configs_dir: Path, name: str) -> dict:
+    path = configs_dir / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in configs_dir.glob("*.yaml")))
+        raise ConfigError(f"profile: unknown {name!r}; known: auto, {known}")
+    prof = yaml.safe_load(path.read_text()) or {}
+    unknown = set(prof) - {"description", "trial", "seeds", "resources", "sweep"}
+    if unknown:
+        raise ConfigError(f"profile {name}: unknown key {sorted(unknown)[0]!r}; known: description, trial, seeds, "
+                          "resources, sweep")
+    return prof
+
+
+def choose_profile(requested: str, info: ClusterInfo | None, local_gpus: int) -> tuple[str, str]:
+    """(profile, reason). ``auto`` picks ``paper`` when the cluster has GPUs, ``local`` otherwise."""
+    if requested != "auto":
+        return requested, "requested with --profile"
+    gpus = info.gpus if info is not None else local_gpus
+    where = f"Ray cluster at {info.address}" if info is not None else "this machine"
+    if gpus > 0:
+        return "paper", f"{where} has {gpus:g} GPU(s)"
+    return "local", f"{where} has no GPU"
+
+
+# --- the grid -------------------------------------------------------------------------------------------
+
+def _set(d: dict, dotted: str, value) -> None:
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+    d[parts[-1]] = value
+
+
+def build_trials(base: dict, axes: list[Axis], values: dict[str, list], seeds: list[int]) -> list[dict]:
+    """Every combination of the axes' values x seeds, each a full trial-config dict (validated)."""
+    keys = [a.key for a in axes]
+    trials = []
+    for combo in itertools.product(*(values[k] for k in keys)):
+        for seed in seeds:
+            over: dict = {"seed": seed}
+            for k, v in zip(keys, combo):
+                _set(over, k, v)
+            cfg = load_config(merge(base, over))
+            trials.append(cfg.model_dump())
+    return trials
+
+
+def _absolute_paths(trial_base: dict, workdir: Path) -> dict:
+    """Ray runs trials in other working directories: make data paths absolute on the driver."""
+    data = dict(trial_base.get("data", {}))
+    root = Path(data.get("root", "data")).expanduser()
+    data["root"] = str(root if root.is_absolute() else (workdir / root).resolve())
+    if data.get("cache_dir"):
+        cd = Path(data["cache_dir"]).expanduser()
+        data["cache_dir"] = str(cd if cd.is_absolute() else (workdir / cd).resolve())
+    return {**trial_base, "data": data}
+
+
+# --- command line ---------------------------------------------------------------------------------------
+
+def build_parser(defn: SweepDefinition) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"sweeps/{defn.name}.py", description=defn.description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--profile", default="auto", help="auto | local | paper | a YAML name under sweeps/configs/; "
+                                                     "auto = paper when the Ray cluster has GPUs, else local")
+    for a in defn.axes:
+        if a.flag:
+            p.add_argument(a.flag, help=a.help + " (comma-separated; default: the profile's)")
+    p.add_argument("--seeds", type=int, help="repeat every trial with seeds 0..N-1 (default: the profile's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a trial field for every trial, e.g. train.epochs=3")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--experiment", help="MLflow experiment name (default <sweep>-<profile>)")
+    p.add_argument("--storage-path", default="hyporay_runs",
+                   help="Ray Tune storage: local dir, NFS path or s3://bucket/prefix (shared on a cluster)")
+    p.add_argument("--name", help="run name (default <sweep>-<profile>-<timestamp>)")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="NAME",
+                   help="continue an interrupted sweep (the latest one, or NAME) without re-running finished trials")
+    p.add_argument("--max-failures", type=int, default=2, help="retries per trial, from its last checkpoint")
+    p.add_argument("--cpus-per-trial", type=float, help="default: the profile's")
+    p.add_argument("--gpu-fraction", type=float, help="GPU share per trial when the cluster has GPUs")
+    p.add_argument("--gpus-per-trial", type=float, help="force a GPU request (autoscaling clusters)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local Ray)")
+    p.add_argument("--dry-run", action="store_true", help="print the trials it would run and exit")
+    p.add_argument("--chaos-exit-after-epoch", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--chaos-dir", help=argparse.SUPPRESS)
+    return p
+
+
+def _parse_list(raw: str, typ: Callable, flag: str) -> list:
+    out = []
+    for tok in raw.split(","):
+        tok = tok.strip()
+        if not tok:
+            continue
+        try:
+            out.append(typ(tok))
+        except ValueError:
+            raise ConfigError(f"{flag}: cannot read {tok!r} as {typ.__name__}") from None
+    if not out:
+        raise ConfigError(f"{flag}: give at least one value")
+    return out
+
+
+def _num(tok: str) -> float:
+    v = float(tok)
+    return int(v) if v.is_integer() else v
+
+
+def _say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def main(defn: SweepDefinition, argv: list[str] | None = None, configs_dir: Path | None = None) -> int:
+    args = build_parser(defn).parse_args(argv)
+    try:
+        return _main(defn, args, configs_dir or Path(sys.argv[0]).resolve().parent / "configs")
+    except (ValueError, FileNotFoundError) as exc:  # ConfigError, TrackingError, DatasetUnavailable, ...
+        if os.environ.get("HYPORAY_DEBUG"):
+            raise
+        print(f"{defn.name}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    finally:
+        try:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+        except ImportError:
+            pass
+
+
+def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
+    workdir = Path.cwd()
+    if args.profile not in PROFILES and not (configs_dir / f"{args.profile}.yaml").is_file():
+        load_profile(configs_dir, args.profile)  # raises the one-line error listing the known ones
+    tracking_uri = args.tracking_uri or tracking.default_tracking_uri(workdir)
+    storage = args.storage_path if "://" in args.storage_path else str((workdir / args.storage_path).resolve())
+
+    # 1. which profile: needs the cluster only for "auto" (a dry run does not start a local Ray)
+    info = None
+    if not args.dry_run or args.profile == "auto" and (args.address or os.environ.get("RAY_ADDRESS")):
+        init_ray(args.address)
+        info = cluster_info()
+    import torch
+
+    profile, why = choose_profile(args.profile, info, torch.cuda.device_count())
+    _say(f"profile: {profile} ({why})")
+    prof = load_profile(configs_dir, profile)
+
+    # 2. the trials, all validated before any work
+    base = _absolute_paths(merge(prof.get("trial", {}), parse_overrides(args.set)), workdir)
+    values = {}
+    for a in defn.axes:
+        raw = getattr(args, a.flag.lstrip("-").replace("-", "_")) if a.flag else None
+        if raw is not None:
+            values[a.key] = _parse_list(raw, a.type, a.flag)
+        elif a.values is not None:
+            values[a.key] = list(a.values)
+        else:
+            prof_vals = prof.get("sweep", {}).get(a.key)
+            if not prof_vals:
+                raise ConfigError(f"profile {profile}: sweep.{a.key} is missing (values of the {a.flag} axis)")
+            values[a.key] = list(prof_vals)
+    n_seeds = args.seeds if args.seeds is not None else int(prof.get("seeds", 1))
+    if n_seeds < 1:
+        raise ConfigError(f"--seeds: must be >= 1, got {n_seeds}")
+    trials = build_trials(base, defn.axes, values, list(range(n_seeds)))
+    res_prof = prof.get("resources", {})
+    cpus = args.cpus_per_trial or res_prof.get("cpus_per_trial", 1)
+    gfrac = args.gpu_fraction or res_prof.get("gpu_fraction", 1.0)
+
+    if args.dry_run:
+        _say(f"{defn.name}: {len(trials)} trials ({' x '.join(f'{len(v)} {k}' for k, v in values.items())} "
+             f"x {n_seeds} seeds), profile {profile}")
+        for t in trials:
+            _say(f"  {run_name(t):<40s} data={t['data']['name']} variant={t['variant']['name']} "
+                 f"epochs={t['train']['epochs']} train[{load_config(t).train.attack.spec().describe()}]")
+        _say(f"eval attack: {load_config(trials[0]).eval.attack.spec().describe()}")
+        return 0
+
+    tracking.check_reachable(tracking_uri)
+    resources = trial_resources(info, cpus_per_trial=cpus, gpu_fraction=gfrac, gpus_per_trial=args.gpus_per_trial)
+    device = "cuda" if resources.get("gpu") else "cpu"
+    threads = max(1, int(resources["cpu"]))
+    trials = [load_config(t, {"device": device, "threads": t.get("threads") or threads}).model_dump()
+              for t in trials]
+
+    # 3. MLflow experiment + parent run (driver only), or the ones of the sweep being resumed
+    from ray import tune
+
+    experiment = args.experiment or f"{defn.name}-{profile}"
+    if args.resume:
+        state_path = _find_state(storage, defn.name, args.resume)
+        state = json.loads(state_path.read_text())
+        run_dir_name, exp_id, parent_id = state["name"], state["experiment_id"], state["parent_run_id"]
+        tracking_uri = state["tracking_uri"]
+        tracking.check_reachable(tracking_uri)
+        trials = state["trials"]
+        _say(f"resuming {run_dir_name} (parent run {parent_id})")
+    else:
+        run_dir_name = args.name or f"{defn.name}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
+        exp_id = tracking.ensure_experiment(tracking_uri, experiment)
+        c = tracking.client(tracking_uri)
+        parent = tracking.retry(c.create_run, exp_id, run_name=run_dir_name, tags={
+            tracking.ROLE_TAG: "sweep", tracking.SWEEP_TAG: defn.name, "profile": profile, **defn.tags})
+        parent_id = parent.info.run_id
+        tracking.log_params(c, parent_id, {"sweep": defn.name, "profile": profile, "n_trials": len(trials),
+                                           "seeds": n_seeds, **{f"axis.{k}": v for k, v in values.items()},
+                                           "resources": resources, "storage_path": storage})
+    meta = {"tracking_uri": tracking_uri, "experiment_id": exp_id, "parent_run_id": parent_id,
+            "tags": {"profile": profile, tracking.SWEEP_TAG: defn.name}}
+    if args.chaos_exit_after_epoch is not None:
+        meta["chaos_exit_after_epoch"] = {"epoch": args.chaos_exit_after_epoch, "marker_dir": args.chaos_dir}
+
+    # 4. data sets once into the object store, keyed by data config
+    from hyporay.experiment import load_trial_data
+
+    datasets = {}
+    for t in trials:
+        k = data_key(t)
+        if k not in datasets:
+            datasets[k] = load_trial_data(load_config(t))
+    trainable = tune.with_resources(tune.with_parameters(tune_trainable, datasets=datasets), resources)
+
+    _say(f"{defn.name}: {len(trials)} trials on {info.nodes} node(s) ({info.cpus:g} CPU, {info.gpus:g} GPU), "
+         f"{resources} per trial; Tune storage {storage}/{run_dir_name}")
+    _say(f"MLflow: {tracking_uri}  experiment {experiment!r} (id {exp_id})  parent run {parent_id}")
+    exp_path = f"{storage.rstrip('/')}/{run_dir_name}"
+    if args.resume:
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
+    else:
+        _write_state(storage, run_dir_name, {"name": run_dir_name, "sweep": defn.name, "profile": profile,
+                                             "experiment": experiment, "experiment_id": exp_id,
+                                             "parent_run_id": parent_id, "tracking_uri": tracking_uri,
+                                             "trials": trials})
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search(trials), "meta": meta},
+            tune_config=tune.TuneConfig(),
+            run_config=tune.RunConfig(name=run_dir_name, storage_path=storage, verbose=1,
+                                      failure_config=tune.FailureConfig(max_failures=args.max_failures),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+    results = tuner.fit()
+    errors = [r for r in results if r.error is not None]
+
+    # 5. artefacts on the parent run
+    c = tracking.client(tracking_uri)
+    runs = tracking.child_runs(c, exp_id, parent_id)
+    ctx = {"runs": runs, "client": c, "parent_run_id": parent_id, "experiment_id": exp_id, "profile": profile,
+           "trials": trials}
+    artefacts: list[Path] = []
+    art_dir = Path(storage if "://" not in storage else workdir / "hyporay_runs") / run_dir_name / "artefacts"
+    points: list[F.FrontierPoint] = []
+    if defn.frontier:
+        rows, skipped = F.rows_from_runs(runs)
+        points = F.aggregate(rows)
+        title = f"{defn.name} · {profile} · {trials[0]['data']['name']}/{trials[0]['model']['name']}"
+        artefacts += F.write_artifacts(points, art_dir, title)
+    if defn.after is not None:
+        artefacts += defn.after(ctx | {"out_dir": art_dir})
+    for a in artefacts:
+        tracking.retry(c.log_artifact, parent_id, str(a))
+    metric_keys = sorted({k for r in runs for k in r.data.metrics})
+    view = None
+    if metric_keys and M.NATURAL_RISK in metric_keys:
+        view = tracking.write_frontier_view(tracking_uri, exp_id, metric_keys, M.NATURAL_RISK, M.HYPOCRITICAL_RISK)
+    tracking.retry(c.set_tag, parent_id, "errored_trials", str(len(errors)))
+    tracking.retry(c.set_terminated, parent_id, "FAILED" if errors and len(errors) == len(trials) else "FINISHED")
+
+    # 6. where to look
+    _say()
+    if points:
+        _say(F.table(points))
+        _say()
+    _say(f"trials: {len(trials) - len(errors)} finished, {len(errors)} failed"
+         + (f" ({', '.join(str(r.error).splitlines()[0][:80] for r in errors[:3])})" if errors else ""))
+    _say(f"tracking URI:   {tracking_uri}")
+    _say(f"experiment:     {experiment} (id {exp_id})")
+    _say(f"parent run:     {parent_id}")
+    for a in artefacts:
+        _say(f"artefact:       {a}")
+    if tracking_uri.startswith("sqlite:///"):
+        _say(f"open the UI:    mlflow server --backend-store-uri {tracking_uri} --host 127.0.0.1 --port {tracking.UI_PORT}")
+    _say(f"runs:           {tracking.runs_link(tracking_uri, exp_id)}")
+    if view:
+        _say(f"frontier chart: {view}")
+    if errors:
+        _say(f"resume with:    python sweeps/{defn.name}.py --resume {run_dir_name}")
+    return 1 if errors else 0
+
+
+def _write_state(storage: str, name: str, state: dict) -> None:
+    if "://" in storage:  # remote storage: keep the driver-side state locally too
+        path = Path("hyporay_runs") / name / STATE_FILE
+    else:
+        path = Path(storage) / name / STATE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(state, indent=1, default=str))
+
+
+def _find_state(storage: str, sweep: str, which: str) -> Path:
+    root = Path(storage) if "://" not in storage else Path("hyporay_runs")
+    if which != "latest":
+        p = root / which / STATE_FILE
+        if not p.is_file():
+            raise ConfigError(f"--resume: no sweep named {which!r} under {root}")
+        return p
+    found = sorted((p for p in root.glob(f"{sweep}-*/{STATE_FILE}")), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ConfigError(f"--resume: no interrupted {sweep} sweep under {root}")
+    return found[-1]

@@ -1,0 +1,188 @@
+"""MLflow conventions of hyporay sweeps: store, experiment, parent/child runs, links into the UI.
+
+- Default store: ``sqlite:///<abs cwd>/mlflow.db`` with artefacts in ``<abs cwd>/mlartifacts`` (MLflow's
+  file store is refused since 3.13). A server is given as ``--tracking-uri http://host:port``.
+- The experiment and the parent run are created once, on the driver; trials create their child run
+  (tag ``mlflow.parentRunId``) through ``MlflowClient`` and find it again by a deterministic trial key,
+  so a retried or resumed trial never makes a second child run.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import math
+import time
+import urllib.error
+import urllib.request
+import uuid
+import zlib
+from pathlib import Path
+from typing import Any
+
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_KEY_TAG = "hyporay.trial_key"
+SWEEP_TAG = "hyporay.sweep"
+ROLE_TAG = "hyporay.role"
+STATE_TAG = "hyporay.state"
+FRONTIER_VIEW_KEY = "hyporay-frontier"
+UI_PORT = 5000
+
+
+class TrackingError(ValueError):
+    """The tracking store cannot be used (one line: which URI and why)."""
+
+
+def default_tracking_uri(workdir: str | Path = ".") -> str:
+    return f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
+
+
+def default_artifact_location(tracking_uri: str) -> str | None:
+    """Artefacts beside a local SQLite store; None (the server's own choice) for a server."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        return (db.parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
+    """Fail early, in one line, when a tracking server does not answer or a SQLite path is unusable."""
+    if tracking_uri.startswith(("http://", "https://")):
+        url = tracking_uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (user-given URI)
+                if resp.status != 200:
+                    raise TrackingError(f"tracking-uri: {tracking_uri} answered HTTP {resp.status} on /health")
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(f"tracking-uri: cannot reach {tracking_uri} ({reason}); start it with "
+                                f"`mlflow server --host 127.0.0.1 --port {UI_PORT}` or pass another "
+                                "--tracking-uri") from None
+    elif tracking_uri.startswith("sqlite:///"):
+        parent = Path(tracking_uri[len("sqlite:///"):]).parent
+        if not parent.is_dir():
+            raise TrackingError(f"tracking-uri: directory {parent} does not exist")
+    elif tracking_uri.startswith("file:") or "://" not in tracking_uri:
+        raise TrackingError(f"tracking-uri: {tracking_uri!r} is a file store, refused by MLflow >= 3.13; use "
+                            "sqlite:///ABS/PATH/mlflow.db or an http:// server")
+
+
+def client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def retry(fn, *args, attempts: int = 8, **kwargs):
+    """Call ``fn``; retry on SQLite 'database is locked' (several trials write one SQLite file)."""
+    for i in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - only lock errors are retried, others re-raised
+            if "locked" not in str(exc).lower() or i == attempts - 1:
+                raise
+            time.sleep(0.2 * (2 ** i))
+    raise AssertionError("unreachable")
+
+
+def ensure_experiment(tracking_uri: str, name: str) -> str:
+    """Create (or find) the experiment; returns its id. Marks it as a model-training experiment."""
+    c = client(tracking_uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise TrackingError(f"experiment: {name!r} is deleted in {tracking_uri}; restore it or pick another "
+                                "name")
+        return exp.experiment_id
+    return c.create_experiment(name, artifact_location=default_artifact_location(tracking_uri),
+                               tags={"mlflow.experimentKind": "custom_model_development"})
+
+
+def log_params(c, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, _param_str(v)) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        retry(c.log_batch, run_id, params=items[i:i + 100])
+
+
+def _param_str(v: Any) -> str:
+    s = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    return s[:6000]
+
+
+def log_metrics(c, run_id: str, metrics: dict[str, float], step: int) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not math.isnan(float(v))]
+    if items:
+        retry(c.log_batch, run_id, metrics=items)
+
+
+def find_or_create_child(c, experiment_id: str, parent_id: str, trial_key: str, run_name: str,
+                         tags: dict[str, str]) -> str:
+    """The child run of ``parent_id`` for ``trial_key``: the existing one, else a new one."""
+    found = retry(c.search_runs, [experiment_id],
+                  filter_string=f"tags.`{TRIAL_KEY_TAG}` = '{trial_key}' and tags.`{PARENT_TAG}` = '{parent_id}'",
+                  max_results=1)
+    if found:
+        return found[0].info.run_id
+    run = retry(c.create_run, experiment_id, run_name=run_name,
+                tags={PARENT_TAG: parent_id, TRIAL_KEY_TAG: trial_key, ROLE_TAG: "trial", **tags})
+    return run.info.run_id
+
+
+def child_runs(c, experiment_id: str, parent_id: str | None = None) -> list:
+    flt = f"tags.`{ROLE_TAG}` = 'trial'"
+    if parent_id:
+        flt += f" and tags.`{PARENT_TAG}` = '{parent_id}'"
+    return retry(c.search_runs, [experiment_id], filter_string=flt, max_results=50_000)
+
+
+# --- links into the MLflow UI -------------------------------------------------------------------------
+
+def ui_base(tracking_uri: str) -> str:
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri.rstrip("/")
+    return f"http://127.0.0.1:{UI_PORT}"
+
+
+def runs_link(tracking_uri: str, experiment_id: str) -> str:
+    """The experiment's runs in the 'Model training' view (MLflow 3.17 opens its GenAI view otherwise)."""
+    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def frontier_view_link(tracking_uri: str, experiment_id: str, key: str = FRONTIER_VIEW_KEY) -> str:
+    return (f"{runs_link(tracking_uri, experiment_id)}&viewStateShareKey={key}&compareRunsMode=CHART")
+
+
+def frontier_view_state(metric_keys: list[str], x: str, y: str, name: str = "hyporay trade-off frontier") -> str:
+    """MLflow 3.17's shared view state: one scatter chart of ``x`` vs ``y``, one point per run.
+
+    Internal UI format (reference §8): every other logged metric gets a hidden, deleted card so the UI
+    does not add its automatic one-chart-per-metric set; all runs are shown (default: first 10 only).
+    """
+    section = str(uuid.uuid4())
+    cards = [{"uuid": str(uuid.uuid4()), "type": "SCATTER", "xaxis": {"key": x, "type": "METRIC"},
+              "yaxis": {"key": y, "type": "METRIC"}, "runsCountToCompare": 100, "metricSectionId": section,
+              "isGenerated": False, "deleted": False}]
+    for m in sorted(set(metric_keys)):
+        cards.append({"uuid": str(uuid.uuid4()), "type": "BAR", "metricKey": m, "metricSectionId": section,
+                      "isGenerated": True, "deleted": True})
+    state = {"compareRunCharts": cards,
+             "compareRunSections": [{"uuid": section, "name": "Trade-off: natural vs hypocritical risk",
+                                     "display": True, "isReordered": False, "columns": 1, "cardHeight": 520}],
+             "runsHiddenMode": "SHOW_ALL"}
+    packed = "deflate;" + base64.b64encode(zlib.compress(json.dumps(state).encode())).decode()
+    return json.dumps({"name": name, "createdAt": int(time.time() * 1000), "state": packed})
+
+
+def write_frontier_view(tracking_uri: str, experiment_id: str, metric_keys: list[str], x: str, y: str) -> str:
+    """Store the shared view on the experiment (after the runs' metrics are logged); returns the link."""
+    value = frontier_view_state(metric_keys, x, y)
+    if len(value) > 20_000:
+        raise TrackingError(f"frontier view: state is {len(value)} characters, MLflow allows 20000")
+    retry(client(tracking_uri).set_experiment_tag, experiment_id, f"mlflow.sharedViewState.{FRONTIER_VIEW_KEY}",
+          value)
+    return frontier_view_link(tracking_uri, experiment_id)

@@ -1,0 +1,88 @@
+"""The Ray Tune function trainable around ``run_trial``: MLflow child run, checkpoints, resume."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from hyporay.sweep import tracking
+
+
+def trial_key(trial: dict) -> str:
+    """Deterministic identity of a trial (its full config): finds its MLflow child run again."""
+    return hashlib.sha256(json.dumps(trial, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def data_key(trial: dict) -> str:
+    return json.dumps(trial.get("data", {}), sort_keys=True)
+
+
+def run_name(trial: dict) -> str:
+    t = trial.get("train", {})
+    return f"{t.get('trainer')}-lam{t.get('lam', 0):g}-{trial.get('model', {}).get('name')}-seed{trial.get('seed', 0)}"
+
+
+def tune_trainable(config: dict, datasets: dict | None = None) -> None:
+    """Run one trial inside Ray Tune.
+
+    ``config["trial"]``: the full trial config (validated on the driver); ``config["meta"]``: tracking URI,
+    experiment id, parent run id and tags. Metrics go to MLflow (per epoch, step = epoch) and to Tune with a
+    ``tune.Checkpoint`` after each evaluation; a retry or ``Tuner.restore`` resumes from the last one.
+    """
+    from ray import tune
+
+    from hyporay.experiment import run_trial
+
+    trial, meta = config["trial"], config["meta"]
+    c = tracking.client(meta["tracking_uri"])
+    key = trial_key(trial)
+    run_id = tracking.find_or_create_child(c, meta["experiment_id"], meta["parent_run_id"], key,
+                                           run_name(trial), meta.get("tags", {}) | _trial_tags(trial))
+    resume_dir = None
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        resume_dir = Path(tempfile.mkdtemp(prefix="hyporay-resume-"))
+        with ckpt.as_directory() as d:
+            shutil.copytree(d, resume_dir, dirs_exist_ok=True)
+        tracking.retry(c.update_run, run_id, "RUNNING")
+    else:
+        existing = tracking.retry(c.get_run, run_id).data.params
+        if not existing:
+            tracking.log_params(c, run_id, _flat(trial))
+    chaos = meta.get("chaos_exit_after_epoch")
+
+    def report(metrics: dict, checkpoint_dir: str) -> None:
+        epoch = int(metrics.get("epoch", 0))
+        tracking.log_metrics(c, run_id, metrics, step=epoch)
+        tune.report({**metrics, "mlflow_run_id": run_id}, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+        if chaos is not None and epoch >= int(chaos["epoch"]):
+            marker = Path(chaos["marker_dir"]) / f"{key}.died"
+            if not marker.exists():  # die once, hard, like a lost worker (fault-injection for tests)
+                marker.write_text(str(epoch))
+                os._exit(1)
+
+    try:
+        data = (datasets or {}).get(data_key(trial))
+        run_trial(trial, report, data=data, resume_from=resume_dir)
+    except BaseException:
+        tracking.retry(c.set_terminated, run_id, "FAILED")
+        raise
+    finally:
+        if resume_dir is not None:
+            shutil.rmtree(resume_dir, ignore_errors=True)
+    tracking.retry(c.set_terminated, run_id, "FINISHED")
+
+
+def _flat(trial: dict) -> dict:
+    from hyporay.config import flatten
+
+    return flatten(trial)
+
+
+def _trial_tags(trial: dict) -> dict[str, str]:
+    return {"trainer": str(trial.get("train", {}).get("trainer")), "dataset": str(trial.get("data", {}).get("name")),
+            "architecture": str(trial.get("model", {}).get("name")),
+            "variant": str(trial.get("variant", {}).get("name", "quality"))}

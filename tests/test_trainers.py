@@ -1,0 +1,123 @@
+"""The training loop and the NT / PGD-AT / TRADES / THRM losses."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hyporay.attacks import AttackSpec
+from hyporay.models import build_model
+from hyporay.trainers import LOSSES, LossContext, OptimConfig, Trainer, kl_batchmean
+
+ATTACK = AttackSpec(eps=0.1, steps=3)
+
+
+def _model(ds, name="mlp", seed=0):
+    torch.manual_seed(seed)
+    return build_model(name, in_shape=ds.in_shape, num_classes=ds.num_classes, mean=ds.mean, std=ds.std)
+
+
+def test_kl_is_batchmean_kl_divergence():
+    torch.manual_seed(0)
+    a, b = torch.randn(8, 5), torch.randn(8, 5)
+    p, q = a.softmax(1), b.softmax(1)
+    manual = (p * (p.log() - q.log())).sum(1).mean()
+    assert kl_batchmean(a, b) == pytest.approx(float(manual), rel=1e-5)
+    wrong = nn.KLDivLoss(reduction="mean")(F.log_softmax(b, 1), p)  # divides by N*K: not the KL
+    assert float(wrong) != pytest.approx(float(manual), rel=1e-2)
+
+
+def test_kl_gradient_flows_through_the_clean_side():
+    a = torch.randn(4, 3, requires_grad=True)
+    kl_batchmean(a, torch.randn(4, 3)).backward()
+    assert a.grad is not None and a.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_every_loss_trains(digits, loss):
+    t = Trainer(_model(digits), loss=loss, attack=ATTACK, lam=1.0, optim=OptimConfig(lr=0.05), batch_size=128)
+    first = t.train_epoch(digits.x_train, digits.y_train)
+    for _ in range(3):
+        last = t.train_epoch(digits.x_train, digits.y_train)
+    assert last["train_loss"] < first["train_loss"]
+    assert t.epoch == 4 and last["epoch_seconds"] > 0
+
+
+@pytest.mark.parametrize("loss", ["natural", "trades", "thrm"])
+def test_lambda_zero_is_natural_training(digits, loss):
+    x, y = digits.x_train[:64], digits.y_train[:64]
+    m = _model(digits).train()
+    ref, _ = LOSSES["natural"](m, x, y, LossContext(attack=ATTACK))
+    got, _ = LOSSES[loss](m, x, y, LossContext(attack=ATTACK, lam=0.0))
+    assert torch.equal(ref, got)
+
+
+@pytest.mark.parametrize("loss", ["pgd_at", "trades", "thrm"])
+def test_inner_attack_in_eval_mode_loss_in_train_mode(digits, loss):
+    """The attack's forwards (input requires grad) see eval-mode BatchNorm; the loss forwards train mode."""
+    m = _model(digits, "cnn").train()
+    bn = next(mod for mod in m.modules() if isinstance(mod, nn.BatchNorm2d))
+    seen = []
+    bn.register_forward_pre_hook(lambda mod, inp: seen.append((torch.is_grad_enabled(), mod.training)))
+    x, y = digits.x_train[:32], digits.y_train[:32]
+    LOSSES[loss](m, x, y, LossContext(attack=ATTACK, lam=1.0))
+    attack_modes = [tr for _, tr in seen[:ATTACK.steps]]
+    assert attack_modes == [False] * ATTACK.steps
+    assert seen[-1][1] is True and m.training
+
+
+def test_concat_forward_equals_separate_without_batchnorm(digits):
+    x, y = digits.x_train[:32], digits.y_train[:32]
+    m = _model(digits).train()
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    a, _ = LOSSES["thrm"](m, x, y, LossContext(attack=ATTACK, lam=2.0, concat_forward=True, generator=g()))
+    b, _ = LOSSES["thrm"](m, x, y, LossContext(attack=ATTACK, lam=2.0, concat_forward=False, generator=g()))
+    assert float(a) == pytest.approx(float(b), rel=1e-5)
+
+
+def test_concat_forward_changes_batchnorm_statistics(digits):
+    x, y = digits.x_train[:32], digits.y_train[:32]
+    losses = []
+    for concat in (True, False):
+        m = _model(digits, "cnn").train()
+        ctx = LossContext(attack=ATTACK, lam=2.0, concat_forward=concat, generator=torch.Generator().manual_seed(0))
+        losses.append(float(LOSSES["trades"](m, x, y, ctx)[0]))
+    assert losses[0] != pytest.approx(losses[1], rel=1e-6)
+
+
+def test_amp_and_channels_last_run_on_cpu(digits):
+    t = Trainer(_model(digits, "cnn"), loss="thrm", attack=ATTACK, lam=1.0, amp=True, channels_last=True,
+                batch_size=256)
+    stats = t.train_epoch(digits.x_train[:512], digits.y_train[:512])
+    assert torch.isfinite(torch.tensor(stats["train_loss"]))
+    assert t.amp_dtype == torch.bfloat16
+    w = next(p for p in t.model.parameters() if p.dim() == 4)
+    assert w.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_state_dict_round_trip_resumes_bit_identically(digits):
+    x, y = digits.x_train, digits.y_train
+    full = Trainer(_model(digits), loss="trades", attack=ATTACK, lam=2.0, optim=OptimConfig(lr=0.05, milestones=[2]),
+                   augment=True, seed=3)
+    for _ in range(3):
+        full.train_epoch(x, y)
+    part = Trainer(_model(digits), loss="trades", attack=ATTACK, lam=2.0, optim=OptimConfig(lr=0.05, milestones=[2]),
+                   augment=True, seed=3)
+    part.train_epoch(x, y)
+    state = part.state_dict()
+    resumed = Trainer(_model(digits, seed=99), loss="trades", attack=ATTACK, lam=2.0,
+                      optim=OptimConfig(lr=0.05, milestones=[2]), augment=True, seed=42)
+    resumed.load_state_dict(state)
+    torch.manual_seed(1234)  # the global RNG is part of the state too
+    resumed.load_state_dict(state)
+    for _ in range(2):
+        resumed.train_epoch(x, y)
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert resumed.optimizer.param_groups[0]["lr"] == full.optimizer.param_groups[0]["lr"] == pytest.approx(0.005)
+
+
+def test_unknown_trainer_lists_known(digits):
+    with pytest.raises(ValueError, match="^trainer: unknown 'madry'; known: natural, pgd_at, thrm, trades$"):
+        Trainer(_model(digits), loss="madry", attack=ATTACK)
