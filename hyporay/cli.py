@@ -1,4 +1,4 @@
-"""The ``hyporay`` command: train / eval one trial locally (sweeps live in sweeps/*.py).
+"""The ``hyporay`` command: train / eval one trial locally, rebuild a sweep's frontier (sweeps: sweeps/*.py).
 
 User errors (bad config, unknown names, missing data or checkpoint) exit with status 2 and one line
 on stderr, no traceback; set HYPORAY_DEBUG=1 to see the traceback.
@@ -8,11 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+from hyporay.cliutil import OneLineParser, run_user_command
 
 
 def _table(metrics: dict, title: str) -> str:
@@ -81,6 +80,59 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_frontier(args) -> int:
+    """Rebuild a sweep's frontier artefacts from its MLflow runs (finished or interrupted sweep)."""
+    from mlflow.exceptions import MlflowException
+
+    from hyporay.sweep import frontier as F
+    from hyporay.sweep import tracking
+
+    uri = args.tracking_uri or tracking.default_tracking_uri(Path.cwd())
+    tracking.check_reachable(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise tracking.TrackingError(f"tracking-uri: no MLflow database at {uri[len('sqlite:///'):]}; pass the "
+                                     "sweep's --tracking-uri")
+    c = tracking.client(uri)
+    try:
+        exp = c.get_experiment_by_name(args.experiment)
+        if exp is None or exp.lifecycle_stage == "deleted":
+            known = sorted(e.name for e in c.search_experiments() if e.name != "Default")
+            raise tracking.TrackingError(f"experiment: no experiment {args.experiment!r} in {uri}; known: "
+                                         f"{', '.join(known[:20]) or 'none'}")
+        parent_id = args.parent or _latest_parent(c, exp.experiment_id, args.experiment)
+        parent = c.get_run(parent_id)
+        if parent.info.experiment_id != exp.experiment_id:
+            raise tracking.TrackingError(f"--parent: run {parent_id} is not in experiment {args.experiment!r}")
+        out = Path(args.out or f"frontier-{parent_id[:8]}")
+        fr, view = F.rebuild_for_parent(uri, exp.experiment_id, parent_id, out, label_key=args.label_key)
+    except MlflowException as exc:
+        raise tracking.TrackingError(f"mlflow: {exc.message.splitlines()[0]}") from None
+    n_rows = sum(p.n_seeds for p in fr.points)
+    print(f"experiment {args.experiment!r} (id {exp.experiment_id}), parent run {parent_id} "
+          f"({parent.info.run_name}, {parent.info.status})")
+    print()
+    print(F.table(fr.points) if fr.points else "no finished trial runs yet: the frontier is empty")
+    print()
+    print(f"frontier from {n_rows} finished run(s) in {len(fr.points)} point(s); skipped {fr.skipped} unfinished "
+          "run(s)")
+    for a in fr.artefacts:
+        print(f"artefact:       {a} (logged to the parent run)")
+    print(f"runs:           {tracking.runs_link(uri, exp.experiment_id)}")
+    if view:
+        print(f"frontier chart: {view}")
+    return 0
+
+
+def _latest_parent(c, experiment_id: str, name: str) -> str:
+    from hyporay.sweep import tracking
+
+    found = tracking.retry(c.search_runs, [experiment_id], filter_string=f"tags.`{tracking.ROLE_TAG}` = 'sweep'",
+                           order_by=["attributes.start_time DESC"], max_results=1)
+    if not found:
+        raise tracking.TrackingError(f"experiment: {name!r} has no sweep parent run; give one with --parent")
+    return found[0].info.run_id
+
+
 def _yaml(d: dict) -> str:
     import yaml
 
@@ -89,7 +141,7 @@ def _yaml(d: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = argparse.ArgumentParser(prog="hyporay", description="Map the natural-vs-hypocritical risk trade-off.",
+    p = OneLineParser(prog="hyporay", description="Map the natural-vs-hypocritical risk trade-off.",
                                 formatter_class=fmt)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -114,22 +166,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--json", help="also write the attack spec and metrics here")
     e.set_defaults(func=cmd_eval)
+
+    f = sub.add_parser("frontier", help="rebuild a sweep's frontier (csv/png/html) from its MLflow runs",
+                       formatter_class=fmt)
+    f.add_argument("--experiment", required=True, help="MLflow experiment of the sweep, e.g. thrm_lambda-local")
+    f.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
+    f.add_argument("--parent", metavar="RUN_ID", help="the sweep's parent run (default: the experiment's latest)")
+    f.add_argument("--out", help="directory for the artefacts (default frontier-<parent run id prefix>)")
+    f.add_argument("--label-key", help="trial field labelling the points (default: the one the sweep recorded, "
+                                       "else train.lam)")
+    f.set_defaults(func=cmd_frontier)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except USER_ERRORS as exc:
-        if os.environ.get("HYPORAY_DEBUG"):
-            raise
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"hyporay: error: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("hyporay: interrupted", file=sys.stderr)
-        return 130
+    return run_user_command(lambda: args.func(args), "hyporay")
 
 
 if __name__ == "__main__":

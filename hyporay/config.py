@@ -117,6 +117,18 @@ class EvalConfig(_Strict):
     batch_size: int = Field(512, ge=1)
     targeted: bool = Field(False, description="also per-label targeted success on D- (Fig. 3)")
     attack: AttackConfig = Field(default_factory=lambda: AttackConfig(steps=20))
+    steps_grid: list[int] = Field(default_factory=list, description="after the last epoch, also evaluate with "
+                                  "K steps (1 restart) for each K: metrics steps_K/<metric>")
+    restarts_grid: list[int] = Field(default_factory=list, description="after the last epoch, also evaluate "
+                                     "with R restarts (the eval attack's steps): metrics restarts_R/<metric>")
+
+    @field_validator("steps_grid", "restarts_grid")
+    @classmethod
+    def _grid(cls, v: list[int]) -> list[int]:
+        bad = [k for k in v if k < 1]
+        if bad:
+            raise ValueError(f"every value must be >= 1, got {bad[0]}")
+        return v
 
 
 class TrialConfig(_Strict):
@@ -231,6 +243,8 @@ def load_config(source: TrialConfig | dict | str | Path | None = None, overrides
             raise ConfigError(f"config: {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config: {path} must hold a mapping of fields, got {type(data).__name__}")
+        if isinstance(data.get("trial"), dict):  # a sweep profile (sweeps/configs/*.yaml): its trial section
+            data = data["trial"]
     else:
         data = dict(source or {})
     if overrides:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray binds 127.0.0.1 only
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # steadier than 2 on a shared 2-core machine
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,106 @@
+"""One trial end to end without Ray: run_trial, reports, checkpoints, exact resume, config errors."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hyporay import metrics as M
+from hyporay.config import ConfigError, load_config
+from hyporay.experiment import load_checkpoint, model_from_checkpoint, run_trial
+
+FAST = {"data": {"name": "digits"}, "model": {"name": "mlp"},
+        "train": {"trainer": "thrm", "lam": 2.0, "epochs": 4, "lr": 0.05, "attack": {"eps": 0.1, "steps": 3}},
+        "eval": {"every": 2, "attack": {"eps": 0.1, "steps": 5}}}
+
+
+def _cfg(tmp_path, **over):
+    from hyporay.config import merge
+
+    base = merge(FAST, {"data": {"root": str(tmp_path / "data")}})
+    return load_config(merge(base, over))
+
+
+def test_run_trial_reports_each_evaluation_with_a_loadable_checkpoint(tmp_path):
+    reports = []
+
+    def report(metrics, ckpt_dir):
+        state = load_checkpoint(ckpt_dir)  # weights_only=True inside
+        reports.append((metrics, state["trainer"]["epoch"]))
+
+    final = run_trial(_cfg(tmp_path), report)
+    assert [int(m["epoch"]) for m, _ in reports] == [2, 4]
+    assert [e for _, e in reports] == [2, 4]
+    for name in M.CORE_METRICS:
+        assert name in final
+    assert final == reports[-1][0]
+
+
+def test_stopped_and_resumed_trial_ends_identical(tmp_path):
+    cfg = _cfg(tmp_path)
+    full = run_trial(cfg)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(metrics, ckpt_dir):
+        raise Stop
+
+    ck = tmp_path / "ck"
+    with pytest.raises(Stop):
+        run_trial(cfg, stop_after_first, checkpoint_dir=ck)
+    assert load_checkpoint(ck)["trainer"]["epoch"] == 2
+    torch.manual_seed(987)  # whatever the process did meanwhile
+    resumed = run_trial(cfg, resume_from=ck)
+    for k in M.CORE_METRICS:
+        a, b = full[k], resumed[k]
+        assert (math.isnan(a) and math.isnan(b)) or a == b, k
+
+
+def test_naive_model_is_not_trained_and_conceals_errors(tmp_path):
+    cfg = _cfg(tmp_path, variant={"name": "naive"}, train={"trainer": "natural"},
+               eval={"attack": {"eps": 0.2, "steps": 10}})
+    seen = []
+    final = run_trial(cfg, lambda m, d: seen.append(m))
+    assert len(seen) == 1 and seen[0]["epoch"] == 0
+    assert final[M.ACC_CLEAN] < 0.3 and final[M.ACC_HYP] > final[M.ACC_CLEAN] + 0.3
+
+
+def test_model_from_checkpoint_reproduces_predictions(tmp_path):
+    cfg = _cfg(tmp_path, train={"epochs": 1}, eval={"every": 1})
+    ck = tmp_path / "ck"
+    run_trial(cfg, checkpoint_dir=ck)
+    model, cfg2 = model_from_checkpoint(load_checkpoint(ck))
+    assert cfg2 == cfg
+    assert not model.training
+
+
+@pytest.mark.parametrize("over,field", [
+    ({"model": {"name": "resnet19"}}, "model.name"),
+    ({"data": {"name": "imagenet"}}, "data.name"),
+    ({"train": {"trainer": "madry"}}, "train.trainer"),
+    ({"variant": {"name": "bad"}}, "variant.name"),
+    ({"train": {"attack": {"eps": -0.1}}}, "train.attack.eps"),
+    ({"eval": {"attack": {"steps": 0}}}, "eval.attack.steps"),
+    ({"train": {"lam": -1}}, "train.lam"),
+    ({"train": {"epochs": "ten"}}, "train.epochs"),
+    ({"train": {"lamda": 1}}, "train.lamda"),
+    ({"device": "tpu"}, "device"),
+])
+def test_invalid_fields_fail_before_any_work(tmp_path, over, field):
+    from hyporay.config import merge
+
+    with pytest.raises(ConfigError) as err:
+        run_trial(merge(FAST, {"data": {"root": str(tmp_path / "data")}} | over))
+    msg = str(err.value)
+    assert msg.startswith(field + ":") and "\n" not in msg
+    assert not (tmp_path / "data").exists()  # nothing was loaded or generated
+
+
+def test_missing_dataset_is_one_line(tmp_path):
+    from hyporay.data import DatasetUnavailable
+
+    with pytest.raises(DatasetUnavailable) as err:
+        run_trial(_cfg(tmp_path, data={"name": "cifar10"}))
+    assert "\n" not in str(err.value) and "cifar10" in str(err.value)
