@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from hyporay import metrics as M
+from hyporay.cliutil import OneLineParser, run_user_command
 from hyporay.config import ConfigError, load_config, merge, parse_overrides
 from hyporay.sweep import frontier as F
 from hyporay.sweep import tracking
@@ -48,6 +48,17 @@ class SweepDefinition:
     frontier: bool = True
     after: Callable | None = None  # fn(context dict) -> list of extra artefact paths (tables, ...)
     tags: dict[str, str] = field(default_factory=dict)
+    label_key: str = F.DEFAULT_LABEL  # trial field that labels frontier points (train.lam, model.name, ...)
+    # trial fields of this sweep (dotted key -> value): over the profile's trial, under --set and the axes
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+# run names show the swept fields that trainer-lam-model-seed does not
+_NAMED_KEYS = ("train.trainer", "train.lam", "model.name", "seed")
+
+
+def name_keys(defn: SweepDefinition) -> list[str]:
+    return [a.key for a in defn.axes if a.key not in _NAMED_KEYS]
 
 
 # --- profiles -------------------------------------------------------------------------------------------
@@ -113,7 +124,7 @@ def _absolute_paths(trial_base: dict, workdir: Path) -> dict:
 # --- command line ---------------------------------------------------------------------------------------
 
 def build_parser(defn: SweepDefinition) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"sweeps/{defn.name}.py", description=defn.description,
+    p = OneLineParser(prog=f"sweeps/{defn.name}.py", description=defn.description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--profile", default="auto", help="auto | local | paper | a YAML name under sweeps/configs/; "
                                                      "auto = paper when the Ray cluster has GPUs, else local")
@@ -168,12 +179,8 @@ def _say(msg: str = "") -> None:
 def main(defn: SweepDefinition, argv: list[str] | None = None, configs_dir: Path | None = None) -> int:
     args = build_parser(defn).parse_args(argv)
     try:
-        return _main(defn, args, configs_dir or Path(sys.argv[0]).resolve().parent / "configs")
-    except (ValueError, FileNotFoundError) as exc:  # ConfigError, TrackingError, DatasetUnavailable, ...
-        if os.environ.get("HYPORAY_DEBUG"):
-            raise
-        print(f"{defn.name}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
+        return run_user_command(
+            lambda: _main(defn, args, configs_dir or Path(sys.argv[0]).resolve().parent / "configs"), defn.name)
     finally:
         try:
             import ray
@@ -198,12 +205,19 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
         info = cluster_info()
     import torch
 
-    profile, why = choose_profile(args.profile, info, torch.cuda.device_count())
+    resumed = json.loads(_find_state(storage, defn.name, args.resume).read_text()) if args.resume else None
+    if resumed:
+        profile, why = resumed["profile"], f"the profile of the resumed sweep {resumed['name']}"
+    else:
+        profile, why = choose_profile(args.profile, info, torch.cuda.device_count())
     _say(f"profile: {profile} ({why})")
     prof = load_profile(configs_dir, profile)
 
     # 2. the trials, all validated before any work
-    base = _absolute_paths(merge(prof.get("trial", {}), parse_overrides(args.set)), workdir)
+    sweep_defaults: dict = {}
+    for k, v in defn.defaults.items():
+        _set(sweep_defaults, k, v)
+    base = _absolute_paths(merge(merge(prof.get("trial", {}), sweep_defaults), parse_overrides(args.set)), workdir)
     values = {}
     for a in defn.axes:
         raw = getattr(args, a.flag.lstrip("-").replace("-", "_")) if a.flag else None
@@ -228,7 +242,7 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
         _say(f"{defn.name}: {len(trials)} trials ({' x '.join(f'{len(v)} {k}' for k, v in values.items())} "
              f"x {n_seeds} seeds), profile {profile}")
         for t in trials:
-            _say(f"  {run_name(t):<40s} data={t['data']['name']} variant={t['variant']['name']} "
+            _say(f"  {run_name(t, name_keys(defn)):<40s} data={t['data']['name']} variant={t['variant']['name']} "
                  f"epochs={t['train']['epochs']} train[{load_config(t).train.attack.spec().describe()}]")
         _say(f"eval attack: {load_config(trials[0]).eval.attack.spec().describe()}")
         return 0
@@ -244,9 +258,8 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
     from ray import tune
 
     experiment = args.experiment or f"{defn.name}-{profile}"
-    if args.resume:
-        state_path = _find_state(storage, defn.name, args.resume)
-        state = json.loads(state_path.read_text())
+    if resumed:
+        state = resumed
         run_dir_name, exp_id, parent_id = state["name"], state["experiment_id"], state["parent_run_id"]
         tracking_uri = state["tracking_uri"]
         tracking.check_reachable(tracking_uri)
@@ -257,13 +270,14 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
         exp_id = tracking.ensure_experiment(tracking_uri, experiment)
         c = tracking.client(tracking_uri)
         parent = tracking.retry(c.create_run, exp_id, run_name=run_dir_name, tags={
-            tracking.ROLE_TAG: "sweep", tracking.SWEEP_TAG: defn.name, "profile": profile, **defn.tags})
+            tracking.ROLE_TAG: "sweep", tracking.SWEEP_TAG: defn.name, "profile": profile,
+            **({tracking.FRONTIER_LABEL_TAG: defn.label_key} if defn.frontier else {}), **defn.tags})
         parent_id = parent.info.run_id
         tracking.log_params(c, parent_id, {"sweep": defn.name, "profile": profile, "n_trials": len(trials),
                                            "seeds": n_seeds, **{f"axis.{k}": v for k, v in values.items()},
                                            "resources": resources, "storage_path": storage})
     meta = {"tracking_uri": tracking_uri, "experiment_id": exp_id, "parent_run_id": parent_id,
-            "tags": {"profile": profile, tracking.SWEEP_TAG: defn.name}}
+            "tags": {"profile": profile, tracking.SWEEP_TAG: defn.name}, "name_keys": name_keys(defn)}
     if args.chaos_exit_after_epoch is not None:
         meta["chaos_exit_after_epoch"] = {"epoch": args.chaos_exit_after_epoch, "marker_dir": args.chaos_dir}
 
@@ -281,7 +295,7 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
          f"{resources} per trial; Tune storage {storage}/{run_dir_name}")
     _say(f"MLflow: {tracking_uri}  experiment {experiment!r} (id {exp_id})  parent run {parent_id}")
     exp_path = f"{storage.rstrip('/')}/{run_dir_name}"
-    if args.resume:
+    if resumed:
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
     else:
         _write_state(storage, run_dir_name, {"name": run_dir_name, "sweep": defn.name, "profile": profile,
@@ -301,33 +315,32 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
     # 5. artefacts on the parent run
     c = tracking.client(tracking_uri)
     runs = tracking.child_runs(c, exp_id, parent_id)
+    # a trial is done when its MLflow run is FINISHED (Tune's own count calls pending trials of an
+    # interrupted run terminated); what is neither finished nor errored was interrupted (Ctrl-C)
+    finished = sum(r.info.status == "FINISHED" for r in runs)
+    unfinished = len(trials) - finished - len(errors)
     ctx = {"runs": runs, "client": c, "parent_run_id": parent_id, "experiment_id": exp_id, "profile": profile,
            "trials": trials}
     artefacts: list[Path] = []
     art_dir = Path(storage if "://" not in storage else workdir / "hyporay_runs") / run_dir_name / "artefacts"
     points: list[F.FrontierPoint] = []
     if defn.frontier:
-        rows, skipped = F.rows_from_runs(runs)
-        points = F.aggregate(rows)
-        title = f"{defn.name} · {profile} · {trials[0]['data']['name']}/{trials[0]['model']['name']}"
-        artefacts += F.write_artifacts(points, art_dir, title)
+        fr = F.build(runs, art_dir, F.title_for(defn.name, profile, runs), defn.label_key)
+        points = fr.points
+        artefacts += fr.artefacts
     if defn.after is not None:
         artefacts += defn.after(ctx | {"out_dir": art_dir})
-    for a in artefacts:
-        tracking.retry(c.log_artifact, parent_id, str(a))
-    metric_keys = sorted({k for r in runs for k in r.data.metrics})
-    view = None
-    if metric_keys and M.NATURAL_RISK in metric_keys:
-        view = tracking.write_frontier_view(tracking_uri, exp_id, metric_keys, M.NATURAL_RISK, M.HYPOCRITICAL_RISK)
+    view = F.publish(c, tracking_uri, exp_id, parent_id, runs, artefacts)
     tracking.retry(c.set_tag, parent_id, "errored_trials", str(len(errors)))
-    tracking.retry(c.set_terminated, parent_id, "FAILED" if errors and len(errors) == len(trials) else "FINISHED")
+    if not unfinished:  # an interrupted sweep's parent stays RUNNING until --resume completes it
+        tracking.retry(c.set_terminated, parent_id, "FAILED" if len(errors) == len(trials) else "FINISHED")
 
     # 6. where to look
     _say()
     if points:
         _say(F.table(points))
         _say()
-    _say(f"trials: {len(trials) - len(errors)} finished, {len(errors)} failed"
+    _say(f"trials: {finished} finished, {len(errors)} failed, {unfinished} not finished"
          + (f" ({', '.join(str(r.error).splitlines()[0][:80] for r in errors[:3])})" if errors else ""))
     _say(f"tracking URI:   {tracking_uri}")
     _say(f"experiment:     {experiment} (id {exp_id})")
@@ -339,9 +352,9 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
     _say(f"runs:           {tracking.runs_link(tracking_uri, exp_id)}")
     if view:
         _say(f"frontier chart: {view}")
-    if errors:
+    if errors or unfinished:
         _say(f"resume with:    python sweeps/{defn.name}.py --resume {run_dir_name}")
-    return 1 if errors else 0
+    return 130 if unfinished else 1 if errors else 0
 
 
 def _write_state(storage: str, name: str, state: dict) -> None:
@@ -360,7 +373,8 @@ def _find_state(storage: str, sweep: str, which: str) -> Path:
         if not p.is_file():
             raise ConfigError(f"--resume: no sweep named {which!r} under {root}")
         return p
-    found = sorted((p for p in root.glob(f"{sweep}-*/{STATE_FILE}")), key=lambda p: p.stat().st_mtime)
+    found = sorted((p for p in root.glob(f"*/{STATE_FILE}") if json.loads(p.read_text()).get("sweep") == sweep),
+                   key=lambda p: p.stat().st_mtime)
     if not found:
         raise ConfigError(f"--resume: no interrupted {sweep} sweep under {root}")
     return found[-1]

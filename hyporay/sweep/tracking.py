@@ -13,6 +13,7 @@ import json
 import math
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 import zlib
@@ -24,6 +25,7 @@ TRIAL_KEY_TAG = "hyporay.trial_key"
 SWEEP_TAG = "hyporay.sweep"
 ROLE_TAG = "hyporay.role"
 STATE_TAG = "hyporay.state"
+FRONTIER_LABEL_TAG = "hyporay.frontier_label"  # parent run: the trial field frontier points are labelled by
 FRONTIER_VIEW_KEY = "hyporay-frontier"
 UI_PORT = 5000
 
@@ -148,13 +150,26 @@ def ui_base(tracking_uri: str) -> str:
     return f"http://127.0.0.1:{UI_PORT}"
 
 
-def runs_link(tracking_uri: str, experiment_id: str) -> str:
-    """The experiment's runs in the 'Model training' view (MLflow 3.17 opens its GenAI view otherwise)."""
+# MLflow 3.17's runs table nests child runs under their parent, collapsed, whenever the runs are sorted by
+# creation time with no filter (its default): a sweep then shows as one row, and the chart view plots only
+# the visible rows (none of the trials). Any other sort order lists every run flat (reference §8).
+RUNS_ORDER_BY = "tags.`mlflow.runName`"
+
+
+def _experiment_runs(tracking_uri: str, experiment_id: str) -> str:
     return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
+def runs_link(tracking_uri: str, experiment_id: str) -> str:
+    """The experiment's runs, every trial a row, in the 'Model training' view (MLflow 3.17 opens its GenAI
+    view otherwise), sorted by run name (the default sort would fold each sweep's trials under its parent)."""
+    order = urllib.parse.quote(RUNS_ORDER_BY, safe="")
+    return f"{_experiment_runs(tracking_uri, experiment_id)}&orderByKey={order}&orderByAsc=true"
+
+
 def frontier_view_link(tracking_uri: str, experiment_id: str, key: str = FRONTIER_VIEW_KEY) -> str:
-    return (f"{runs_link(tracking_uri, experiment_id)}&viewStateShareKey={key}&compareRunsMode=CHART")
+    # no search parameter (orderByKey, searchFilter, ...) here: the UI ignores a shared state when one is present
+    return f"{_experiment_runs(tracking_uri, experiment_id)}&viewStateShareKey={key}&compareRunsMode=CHART"
 
 
 def frontier_view_state(metric_keys: list[str], x: str, y: str, name: str = "hyporay trade-off frontier") -> str:
@@ -162,6 +177,9 @@ def frontier_view_state(metric_keys: list[str], x: str, y: str, name: str = "hyp
 
     Internal UI format (reference §8): every other logged metric gets a hidden, deleted card so the UI
     does not add its automatic one-chart-per-metric set; all runs are shown (default: first 10 only).
+    The state also carries the sort order of ``runs_link`` (a search facet): with the UI's default order the
+    trials are folded under their parent run, the chart has no visible run to plot, and the UI hides it
+    as empty. ``hideEmptyCharts`` is off so that a chart without points still shows as a card.
     """
     section = str(uuid.uuid4())
     cards = [{"uuid": str(uuid.uuid4()), "type": "SCATTER", "xaxis": {"key": x, "type": "METRIC"},
@@ -173,7 +191,8 @@ def frontier_view_state(metric_keys: list[str], x: str, y: str, name: str = "hyp
     state = {"compareRunCharts": cards,
              "compareRunSections": [{"uuid": section, "name": "Trade-off: natural vs hypocritical risk",
                                      "display": True, "isReordered": False, "columns": 1, "cardHeight": 520}],
-             "runsHiddenMode": "SHOW_ALL"}
+             "runsHiddenMode": "SHOW_ALL", "hideEmptyCharts": False,
+             "orderByKey": RUNS_ORDER_BY, "orderByAsc": True}
     packed = "deflate;" + base64.b64encode(zlib.compress(json.dumps(state).encode())).decode()
     return json.dumps({"name": name, "createdAt": int(time.time() * 1000), "state": packed})
 

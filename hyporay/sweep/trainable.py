@@ -20,9 +20,26 @@ def data_key(trial: dict) -> str:
     return json.dumps(trial.get("data", {}), sort_keys=True)
 
 
-def run_name(trial: dict) -> str:
+def run_name(trial: dict, extra_keys: list[str] | tuple[str, ...] = ()) -> str:
+    """``<trainer>-lam<λ>-<model>[-<extra>...]-seed<N>``; ``extra_keys``: dotted fields a sweep also varies
+    (shown as ``eps0.05`` for numbers, the value itself for strings, e.g. ``noise``)."""
     t = trial.get("train", {})
-    return f"{t.get('trainer')}-lam{t.get('lam', 0):g}-{trial.get('model', {}).get('name')}-seed{trial.get('seed', 0)}"
+    extras = "".join(f"-{_name_part(k, _get(trial, k))}" for k in extra_keys)
+    return (f"{t.get('trainer')}-lam{t.get('lam', 0):g}-{trial.get('model', {}).get('name')}{extras}"
+            f"-seed{trial.get('seed', 0)}")
+
+
+def _get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
+def _name_part(key: str, value) -> str:
+    if isinstance(value, str):
+        return value
+    short = key.split(".")[-1]
+    return f"{short}{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else f"{short}{value}"
 
 
 def tune_trainable(config: dict, datasets: dict | None = None) -> None:
@@ -40,7 +57,8 @@ def tune_trainable(config: dict, datasets: dict | None = None) -> None:
     c = tracking.client(meta["tracking_uri"])
     key = trial_key(trial)
     run_id = tracking.find_or_create_child(c, meta["experiment_id"], meta["parent_run_id"], key,
-                                           run_name(trial), meta.get("tags", {}) | _trial_tags(trial))
+                                           run_name(trial, meta.get("name_keys", ())),
+                                           meta.get("tags", {}) | _trial_tags(trial))
     resume_dir = None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
@@ -53,10 +71,15 @@ def tune_trainable(config: dict, datasets: dict | None = None) -> None:
         if not existing:
             tracking.log_params(c, run_id, _flat(trial))
     chaos = meta.get("chaos_exit_after_epoch")
+    # A trial restarted without a checkpoint recomputes epochs it already logged (bit-identically, the
+    # trial is deterministic): log each epoch once.
+    history = tracking.retry(c.get_metric_history, run_id, "epoch")
+    last_logged = max((int(m.step) for m in history), default=-1)
 
     def report(metrics: dict, checkpoint_dir: str) -> None:
         epoch = int(metrics.get("epoch", 0))
-        tracking.log_metrics(c, run_id, metrics, step=epoch)
+        if epoch > last_logged:
+            tracking.log_metrics(c, run_id, metrics, step=epoch)
         tune.report({**metrics, "mlflow_run_id": run_id}, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
         if chaos is not None and epoch >= int(chaos["epoch"]):
             marker = Path(chaos["marker_dir"]) / f"{key}.died"
