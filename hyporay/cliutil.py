@@ -31,3 +31,6 @@ def run_user_command(fn: Callable[[], int], prog: str) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` & co.
+        sys.stderr.close()
+        return 0
