@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP = ROOT / "sweeps" / "thrm_lambda.py"
-SMALL = ["--profile", "local", "--lambdas", "0,5", "--seeds", "1", "--set", "eval.every=1"]
+SMALL = ["--profile", "local", "--seeds", "1", "--set", "eval.every=1"]
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def test_sweep_with_dying_workers_logs_each_trial_once(tmp_path):
     """2 lambdas x 2 trainers; every trial's worker dies hard after epoch 1 and is retried from its checkpoint."""
     chaos = tmp_path / "chaos"
     chaos.mkdir()
-    r = subprocess.run([sys.executable, str(SWEEP), *SMALL, "--set", "train.epochs=2",
+    r = subprocess.run([sys.executable, str(SWEEP), *SMALL, "--lambdas", "0,5", "--set", "train.epochs=2",
                         "--chaos-exit-after-epoch", "1", "--chaos-dir", str(chaos)],
                        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -67,7 +67,9 @@ def test_sweep_with_dying_workers_logs_each_trial_once(tmp_path):
 
 
 def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
-    args = [sys.executable, str(SWEEP), *SMALL, "--set", "train.epochs=8", "--name", "interrupted"]
+    # 6 trials, 2 at a time: when the first one finishes, several are still to run
+    args = [sys.executable, str(SWEEP), *SMALL, "--lambdas", "0,5,10", "--set", "train.epochs=8",
+            "--name", "interrupted"]
     # restore SIGINT's default in the child: a shell running in the background hands on an ignored SIGINT
     proc = subprocess.Popen(args, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -91,7 +93,7 @@ def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
     assert "resume with:" in out
     c, parents, children = _runs(tmp_path)
     assert parents[0].info.status == "RUNNING"  # not finished until resumed
-    assert sum(ch.info.status == "FINISHED" for ch in children) < 4
+    assert sum(ch.info.status == "FINISHED" for ch in children) < 6
 
     r = subprocess.run([sys.executable, str(SWEEP), "--resume"], cwd=tmp_path, env=_env(), capture_output=True,
                        text=True, timeout=600)
@@ -99,7 +101,7 @@ def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
     assert "interrupted" in r.stdout.splitlines()[0]  # the resumed sweep's profile, and why
     c, parents, children = _runs(tmp_path)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(children) == 4
+    assert len(children) == 6
     names = sorted(ch.info.run_name for ch in children)
     assert names == sorted(set(names))
     for ch in children:
