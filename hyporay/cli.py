@@ -139,6 +139,104 @@ def _yaml(d: dict) -> str:
     return yaml.safe_dump(d, sort_keys=False)
 
 
+def cmd_audit(args) -> int:
+    """Audit a saved model's evaluation; exit status 0 = every check passed, 1 = some check flagged."""
+    from dataclasses import fields
+
+    from hyporay.attacks import AttackSpec
+    from hyporay.audit_tolerances import Tolerances
+    from hyporay.experiment import audit_checkpoint, load_checkpoint
+
+    state = load_checkpoint(args.checkpoint)
+    a = state["config"]["eval"]["attack"]
+    step_size = args.step_size if args.step_size is not None else (a["step_size"] if args.eps is None else None)
+    spec = AttackSpec(norm=args.norm or a["norm"], eps=a["eps"] if args.eps is None else args.eps,
+                      steps=args.steps or a["steps"], step_size=step_size, restarts=args.restarts or a["restarts"],
+                      random_start=args.random_start or a["random_start"],
+                      best_iterate=args.best_iterate or a["best_iterate"])
+    tol = Tolerances(**{f.name: getattr(args, f"tol_{f.name}") for f in fields(Tolerances)})
+    grids = {k: getattr(args, k) for k in ("eps_multiples", "steps_grid", "restarts_grid")}
+    report = audit_checkpoint(state, spec=spec, tolerances=tol, device=args.device, subset=args.subset,
+                              surrogate=args.surrogate, transfer=not args.no_transfer,
+                              surrogate_epochs=args.surrogate_epochs, surrogate_seed=args.surrogate_seed,
+                              surrogate_model=args.surrogate_model, seed=args.seed,
+                              log=lambda msg: print(msg, file=sys.stderr, flush=True), **grids)
+    report.settings["checkpoint"] = str(args.checkpoint)
+    st = report.settings
+    sur = st["surrogate"]
+    print(f"{st['trial']} ({st['trainer']}, lam={st['lam']:g}, {st['model']}) on {st['dataset']}: "
+          f"{report.n_examples} of {st['test_examples']} test examples")
+    print("surrogate: " + (", ".join(f"{k} {v}" for k, v in sur.items() if k != "used") if sur["used"]
+                           else "none (--no-transfer)"))
+    for path, text in ((args.json, report.to_json()), (args.markdown, report.to_markdown())):
+        if path:
+            Path(path).write_text(text)
+            print(f"wrote {path}")
+    print()
+    print(report.to_text())
+    return 0 if report.passed else 1
+
+
+def _list_of(typ):
+    def parse(raw: str) -> list:
+        try:
+            out = [typ(t) for t in raw.split(",") if t.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"cannot read {raw!r} as comma-separated {typ.__name__}s") from None
+        if not out:
+            raise argparse.ArgumentTypeError("give at least one value")
+        return out
+    return parse
+
+
+def _add_audit_parser(sub, fmt) -> None:
+    from dataclasses import fields
+
+    from hyporay import audit_tolerances as T
+
+    a = sub.add_parser("audit", formatter_class=fmt,
+                       help="check whether a saved model's robustness numbers can be trusted (exit 0 pass, 1 flag)",
+                       description="Run the evaluation checkpoints on a saved model and its test split and print "
+                                   "check, figure, verdict (pass / flag with the reason). Exit status: 0 when every "
+                                   "check passes, 1 when any check flags, 2 on a user error.")
+    a.add_argument("checkpoint", help="a checkpoint directory or checkpoint.pt")
+    a.add_argument("--norm", choices=["linf", "l2"], help="default: the trial's eval attack")
+    a.add_argument("--eps", type=float, help="radius in pixel units (default: the trial's)")
+    a.add_argument("--steps", type=int, help="PGD steps of the audited attack (default: the trial's)")
+    a.add_argument("--step-size", type=float, help="default: the trial's, or eps/4 when --eps is given")
+    a.add_argument("--restarts", type=int, help="default: the trial's")
+    a.add_argument("--random-start", choices=["auto", "none", "uniform", "gaussian"], help="default: the trial's")
+    a.add_argument("--best-iterate", action="store_true")
+    a.add_argument("--eps-multiples", type=_list_of(float), default=",".join(f"{v:g}" for v in T.DEFAULT_EPS_MULTIPLES),
+                   help="accuracy-vs-eps curve at these multiples of eps (ascending; the largest should be huge)")
+    a.add_argument("--steps-grid", type=_list_of(int), default=",".join(map(str, T.DEFAULT_STEPS_GRID)),
+                   help="convergence in steps (1 restart), ascending")
+    a.add_argument("--restarts-grid", type=_list_of(int), default=",".join(map(str, T.DEFAULT_RESTARTS_GRID)),
+                   help="convergence in restarts (the audited attack's steps), ascending")
+    a.add_argument("--subset", type=int, default=T.DEFAULT_SUBSET,
+                   help="audit this many test examples (fixed random subset); 0 = the whole test split")
+    a.add_argument("--surrogate", metavar="CHECKPOINT",
+                   help="surrogate for the transfer check (default: train one naturally, another seed)")
+    a.add_argument("--surrogate-epochs", type=int, default=10, help="epochs of the trained surrogate")
+    a.add_argument("--surrogate-seed", type=int, help="seed of the trained surrogate (default: the trial's + 1)")
+    a.add_argument("--surrogate-model", help="architecture of the trained surrogate (default: the trial's)")
+    a.add_argument("--no-transfer", action="store_true", help="skip the transfer check (verdict 'skipped')")
+    for f in fields(T.Tolerances):
+        a.add_argument(f"--tol-{f.name.replace('_', '-')}", dest=f"tol_{f.name}", type=float, default=f.default,
+                       metavar="X", help=f.metadata["help"])
+    a.add_argument("--seed", type=int, default=0, help="seed of the subset and of every attack's random start")
+    a.add_argument("--device", default="auto")
+    a.add_argument("--json", metavar="OUT", help="write the report (every figure, curves and grids) as JSON")
+    a.add_argument("--markdown", metavar="OUT", help="write the table as Markdown")
+    a.set_defaults(func=cmd_audit)
+
+
+def cmd_validate_cluster(args) -> int:
+    from hyporay.cluster_config import run
+
+    return run(args.files)
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = OneLineParser(prog="hyporay", description="Map the natural-vs-hypocritical risk trade-off.",
@@ -168,7 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     f = sub.add_parser("frontier", help="rebuild a sweep's frontier (csv/png/html) from its MLflow runs",
-                       formatter_class=fmt)
+                       description="Rebuild frontier.csv/png/html of a finished or interrupted sweep from its MLflow "
+                                   "child runs (unfinished ones are skipped), log them to the sweep's parent run "
+                                   "and rewrite the experiment's frontier chart.")
     f.add_argument("--experiment", required=True, help="MLflow experiment of the sweep, e.g. thrm_lambda-local")
     f.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
     f.add_argument("--parent", metavar="RUN_ID", help="the sweep's parent run (default: the experiment's latest)")
@@ -176,6 +276,17 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--label-key", help="trial field labelling the points (default: the one the sweep recorded, "
                                        "else train.lam)")
     f.set_defaults(func=cmd_frontier)
+
+    _add_audit_parser(sub, fmt)
+
+    v = sub.add_parser("validate-cluster", help="check Ray cluster files offline (exit 0 valid, 1 invalid, "
+                                                "2 unreadable)",
+                       description="Check cluster files for `ray up` offline: Ray's prepare_config + validate_config "
+                                   "(ray-schema.json) and hyporay's rules (GPU worker types, integer resources, "
+                                   "image = installed Ray, shared storage, MLflow on the head). One line per problem.")
+    v.add_argument("files", nargs="*", default=["cluster.yaml"], metavar="FILE",
+                   help="cluster files (default: cluster.yaml)")
+    v.set_defaults(func=cmd_validate_cluster)
     return p
 
 

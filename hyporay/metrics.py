@@ -43,8 +43,31 @@ ACCURACY_METRICS = (ACC_CLEAN, ACC_ADV, ACC_HYP)
 CORE_METRICS = ACCURACY_METRICS + RISK_METRICS + (N_EXAMPLES, N_MISCLASSIFIED)
 
 
+# Attack-convergence grids (eval.steps_grid / eval.restarts_grid): the final model re-evaluated with K steps
+# (1 restart) or R restarts (the eval attack's steps); these metrics are kept per setting.
+SETTING_KINDS = ("steps", "restarts")
+SETTING_METRICS = (ACC_ADV, ACC_HYP, HYPOCRITICAL_RISK, ADVERSARIAL_RISK)
+
+
 def targeted_metric(label: int) -> str:
     return f"{TARGETED_PREFIX}{label}"
+
+
+def at_setting(kind: str, value: int, metric: str) -> str:
+    """Name of ``metric`` measured with an attack setting: ``at_setting("steps", 100, "acc_adv")`` ->
+    ``"steps_100/acc_adv"``. ``kind`` is "steps" or "restarts"."""
+    if kind not in SETTING_KINDS:
+        raise ValueError(f"kind: unknown {kind!r}; known: {', '.join(SETTING_KINDS)}")
+    return f"{kind}_{int(value)}/{metric}"
+
+
+def parse_setting(name: str) -> tuple[str, int, str] | None:
+    """Inverse of ``at_setting``: ``"steps_100/acc_adv"`` -> ``("steps", 100, "acc_adv")``; None otherwise."""
+    head, sep, metric = name.partition("/")
+    kind, _, value = head.rpartition("_")
+    if not sep or kind not in SETTING_KINDS or not value.isdigit() or not metric:
+        return None
+    return kind, int(value), metric
 
 
 @dataclass

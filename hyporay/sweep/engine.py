@@ -134,10 +134,11 @@ def build_parser(defn: SweepDefinition) -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="repeat every trial with seeds 0..N-1 (default: the profile's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a trial field for every trial, e.g. train.epochs=3")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
+                                          "sqlite:///<cwd>/mlflow.db)")
     p.add_argument("--experiment", help="MLflow experiment name (default <sweep>-<profile>)")
-    p.add_argument("--storage-path", default="hyporay_runs",
-                   help="Ray Tune storage: local dir, NFS path or s3://bucket/prefix (shared on a cluster)")
+    p.add_argument("--storage-path", help="Ray Tune storage: local dir, NFS path or s3://bucket/prefix (shared on "
+                                          "a cluster; default: HYPORAY_STORAGE_PATH, else hyporay_runs)")
     p.add_argument("--name", help="run name (default <sweep>-<profile>-<timestamp>)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="NAME",
                    help="continue an interrupted sweep (the latest one, or NAME) without re-running finished trials")
@@ -146,6 +147,10 @@ def build_parser(defn: SweepDefinition) -> argparse.ArgumentParser:
     p.add_argument("--gpu-fraction", type=float, help="GPU share per trial when the cluster has GPUs")
     p.add_argument("--gpus-per-trial", type=float, help="force a GPU request (autoscaling clusters)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local Ray)")
+    p.add_argument("--audit", action="store_true",
+                   help="audit each finished trial's final checkpoint (hyporay audit, default settings): MLflow "
+                        "artefacts audit.md + audit.json and tag audit=pass|flag on its run (a --resume keeps the "
+                        "choice the sweep started with)")
     p.add_argument("--dry-run", action="store_true", help="print the trials it would run and exit")
     p.add_argument("--chaos-exit-after-epoch", type=int, help=argparse.SUPPRESS)
     p.add_argument("--chaos-dir", help=argparse.SUPPRESS)
@@ -180,7 +185,7 @@ def main(defn: SweepDefinition, argv: list[str] | None = None, configs_dir: Path
     args = build_parser(defn).parse_args(argv)
     try:
         return run_user_command(
-            lambda: _main(defn, args, configs_dir or Path(sys.argv[0]).resolve().parent / "configs"), defn.name)
+            lambda: _main(defn, args, configs_dir or _configs_dir()), defn.name)
     finally:
         try:
             import ray
@@ -191,12 +196,22 @@ def main(defn: SweepDefinition, argv: list[str] | None = None, configs_dir: Path
             pass
 
 
+def _configs_dir() -> Path:
+    """sweeps/configs beside the script; `ray submit` copies the script alone to ~ on the head, so fall back to
+    the checkout hyporay is installed from (pip install -e, as cluster.yaml does)."""
+    beside = Path(sys.argv[0]).resolve().parent / "configs"
+    installed = Path(__file__).resolve().parents[2] / "sweeps" / "configs"
+    return beside if beside.is_dir() or not installed.is_dir() else installed
+
+
 def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
     workdir = Path.cwd()
     if args.profile not in PROFILES and not (configs_dir / f"{args.profile}.yaml").is_file():
         load_profile(configs_dir, args.profile)  # raises the one-line error listing the known ones
-    tracking_uri = args.tracking_uri or tracking.default_tracking_uri(workdir)
-    storage = args.storage_path if "://" in args.storage_path else str((workdir / args.storage_path).resolve())
+    # on a cluster both come from the environment cluster.yaml sets up (one place for each)
+    tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(workdir)
+    raw_storage = args.storage_path or os.environ.get("HYPORAY_STORAGE_PATH") or "hyporay_runs"
+    storage = raw_storage if "://" in raw_storage else str((workdir / raw_storage).resolve())
 
     # 1. which profile: needs the cluster only for "auto" (a dry run does not start a local Ray)
     info = None
@@ -278,6 +293,8 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
                                            "resources": resources, "storage_path": storage})
     meta = {"tracking_uri": tracking_uri, "experiment_id": exp_id, "parent_run_id": parent_id,
             "tags": {"profile": profile, tracking.SWEEP_TAG: defn.name}, "name_keys": name_keys(defn)}
+    if args.audit:
+        meta["audit"] = {}  # run_audit options (empty: the defaults of `hyporay audit`)
     if args.chaos_exit_after_epoch is not None:
         meta["chaos_exit_after_epoch"] = {"epoch": args.chaos_exit_after_epoch, "marker_dir": args.chaos_dir}
 

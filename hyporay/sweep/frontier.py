@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hyporay import metrics as M
+from hyporay.sweep import tracking
 
 X, Y = M.NATURAL_RISK, M.HYPOCRITICAL_RISK
 DEFAULT_LABEL = "train.lam"
@@ -61,13 +62,13 @@ def label_text(label_key: str, value) -> str:
 
 
 def parse_label(raw) -> float | str:
-    """An MLflow param (a string) as a label: a number when it reads as one, else the string."""
-    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-        return float(raw)
+    """An MLflow param (a string) as a label: a number when it reads as one, else the string (None: "n/a")."""
+    if raw is None:
+        return "n/a"
     try:
         return float(raw)
     except (TypeError, ValueError):
-        return "n/a" if raw is None else str(raw)
+        return str(raw)
 
 
 def _label_order(label) -> tuple:
@@ -269,8 +270,6 @@ def build(runs, out_dir: str | Path, title: str, label_key: str = DEFAULT_LABEL)
 def publish(c, tracking_uri: str, experiment_id: str, parent_id: str, runs, artefacts) -> str | None:
     """Log ``artefacts`` to the parent run and rewrite the experiment's shared frontier chart (when the runs
     logged the risks); returns the chart's link or None."""
-    from hyporay.sweep import tracking
-
     for a in artefacts:
         tracking.retry(c.log_artifact, parent_id, str(a))
     metric_keys = sorted({k for r in runs for k in r.data.metrics})
@@ -288,8 +287,6 @@ def rebuild_for_parent(tracking_uri: str, experiment_id: str, parent_id: str, ou
     else ``train.lam``. Logs the artefacts to the parent run and rewrites the shared chart; returns the
     frontier and the chart's link.
     """
-    from hyporay.sweep import tracking
-
     c = tracking.client(tracking_uri)
     parent = tracking.retry(c.get_run, parent_id)
     tags = parent.data.tags

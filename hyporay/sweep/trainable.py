@@ -49,6 +49,7 @@ def tune_trainable(config: dict, datasets: dict | None = None) -> None:
     experiment id, parent run id and tags. Metrics go to MLflow (per epoch, step = epoch) and to Tune with a
     ``tune.Checkpoint`` after each evaluation; a retry or ``Tuner.restore`` resumes from the last one.
     """
+    import ray
     from ray import tune
 
     from hyporay.experiment import run_trial
@@ -59,6 +60,7 @@ def tune_trainable(config: dict, datasets: dict | None = None) -> None:
     run_id = tracking.find_or_create_child(c, meta["experiment_id"], meta["parent_run_id"], key,
                                            run_name(trial, meta.get("name_keys", ())),
                                            meta.get("tags", {}) | _trial_tags(trial))
+    tracking.retry(c.set_tag, run_id, "ray_node_id", ray.get_runtime_context().get_node_id())  # last node it ran on
     resume_dir = None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
@@ -76,8 +78,13 @@ def tune_trainable(config: dict, datasets: dict | None = None) -> None:
     history = tracking.retry(c.get_metric_history, run_id, "epoch")
     last_logged = max((int(m.step) for m in history), default=-1)
 
+    audit = meta.get("audit")  # None, or run_audit options: audit the final checkpoint (kept here)
+    audit_dir = Path(tempfile.mkdtemp(prefix="hyporay-audit-")) if audit is not None else None
+
     def report(metrics: dict, checkpoint_dir: str) -> None:
         epoch = int(metrics.get("epoch", 0))
+        if audit_dir is not None:
+            shutil.copy2(Path(checkpoint_dir) / "checkpoint.pt", audit_dir / "checkpoint.pt")
         if epoch > last_logged:
             tracking.log_metrics(c, run_id, metrics, step=epoch)
         tune.report({**metrics, "mlflow_run_id": run_id}, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
@@ -90,13 +97,50 @@ def tune_trainable(config: dict, datasets: dict | None = None) -> None:
     try:
         data = (datasets or {}).get(data_key(trial))
         run_trial(trial, report, data=data, resume_from=resume_dir)
+        if audit_dir is not None:
+            log_audit(c, run_id, trial, audit, audit_dir, resume_dir, data)
     except BaseException:
         tracking.retry(c.set_terminated, run_id, "FAILED")
         raise
     finally:
-        if resume_dir is not None:
-            shutil.rmtree(resume_dir, ignore_errors=True)
+        for d in (resume_dir, audit_dir):
+            if d is not None:
+                shutil.rmtree(d, ignore_errors=True)
     tracking.retry(c.set_terminated, run_id, "FINISHED")
+
+
+AUDIT_TAG = "audit"                  # pass | flag (| error: the audit itself crashed, see audit_error.txt)
+AUDIT_FLAGGED_TAG = "audit.flagged"  # the flagged checks, comma-separated
+
+
+def log_audit(c, run_id: str, trial: dict, options: dict, audit_dir: Path, resume_dir: Path | None, data) -> None:
+    """Audit a finished trial's final checkpoint (``hyporay.experiment.audit_checkpoint``) and log the table as
+    MLflow artefacts ``audit.md`` + ``audit.json`` and the tag ``audit=pass|flag``. A crash of the audit does
+    not fail the trained trial: it is logged as ``audit_error.txt`` and ``audit=error``."""
+    import traceback
+
+    from hyporay.experiment import CHECKPOINT_FILE, audit_checkpoint
+
+    ckpt = audit_dir / CHECKPOINT_FILE
+    if not ckpt.is_file() and resume_dir is not None:  # a finished trial restored: nothing was reported again
+        ckpt = resume_dir / CHECKPOINT_FILE
+    out = audit_dir / "report"
+    out.mkdir(exist_ok=True)
+    try:
+        report = audit_checkpoint(ckpt, device=trial.get("device", "auto"), data=data, **(options or {}))
+    except Exception:
+        (out / "audit_error.txt").write_text(traceback.format_exc())
+        tracking.retry(c.log_artifact, run_id, str(out / "audit_error.txt"))
+        tracking.retry(c.set_tag, run_id, AUDIT_TAG, "error")
+        print(f"audit of run {run_id} failed:\n{traceback.format_exc()}", flush=True)
+        return
+    (out / "audit.md").write_text(report.to_markdown())
+    (out / "audit.json").write_text(report.to_json())
+    for name in ("audit.md", "audit.json"):
+        tracking.retry(c.log_artifact, run_id, str(out / name))
+    tracking.retry(c.set_tag, run_id, AUDIT_TAG, report.verdict)
+    if report.flagged:
+        tracking.retry(c.set_tag, run_id, AUDIT_FLAGGED_TAG, ",".join(r.check for r in report.flagged))
 
 
 def _flat(trial: dict) -> dict:

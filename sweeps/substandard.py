@@ -1,0 +1,33 @@
+"""Substandard models (the paper's Tables 1-2): natural training on Naive/Noise/Mislabeling/Poisoning/Quality sets.
+
+Every training-set variant x architecture (the profile's models, or --models) is trained naturally and evaluated
+under the profile's eval attack. Writes substandard_table.md in the paper's layout (rows = training set, columns
+= architecture, cells "D / A / F" = clean / adversarial / hypocritical accuracy in %, mean over seeds) and
+substandard_table.csv, both logged to the parent run. Claim 1 of the paper: F far above D for substandard models.
+
+    python sweeps/substandard.py --profile local
+    python sweeps/substandard.py --profile local --models mlp --variants naive,quality --seeds 1
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install too
+
+from hyporay.sweep import Axis, SweepDefinition, main  # noqa: E402
+from hyporay.sweep.reports import substandard_report  # noqa: E402
+
+SWEEP = SweepDefinition(
+    name="substandard",
+    description=__doc__.splitlines()[0],
+    axes=[
+        Axis("variant.name", ["naive", "noise", "mislabeling", "poisoning", "quality"], "--variants", str,
+             "training-set variants"),
+        Axis("model.name", None, "--models", str, "architectures"),
+    ],
+    defaults={"train.trainer": "natural"},
+    frontier=False,
+    after=substandard_report,
+)
+
+if __name__ == "__main__":
+    sys.exit(main(SWEEP))
