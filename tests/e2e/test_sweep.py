@@ -18,7 +18,10 @@ pytestmark = pytest.mark.slow
 
 
 def _env():
-    return dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    for var in ("MLFLOW_TRACKING_URI", "HYPORAY_STORAGE_PATH", "RAY_ADDRESS"):  # the local defaults, always
+        env.pop(var, None)
+    return env
 
 
 def _runs(cwd: Path):

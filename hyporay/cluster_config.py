@@ -1,0 +1,506 @@
+"""Offline checks of a Ray cluster-launcher file (cluster.yaml) before `ray up`: `hyporay validate-cluster`.
+
+Two layers, no cloud call and no credentials needed:
+
+1. Ray's own: ``ray.autoscaler._private.util.prepare_config`` (merges the provider's defaults.yaml, the
+   setup-command lists, docker checks, per-node-type min/max workers; for ``provider.type: local`` it also
+   builds the single node type from head_ip/worker_ips) then ``validate_config`` (Ray's ray-schema.json plus
+   its cross-field rules). The cloud "bootstrap" (IAM, subnets, security groups: boto3 and credentials) is a
+   separate step of ``ray up`` and is not run. Private Ray API: pyproject pins ray to 2.60.x.
+2. hyporay's rules: a worker type with whole GPUs, integer node resources, the image's Ray version equal to
+   the installed Ray, storage for Ray Tune set once and shared by all nodes (S3/GCS or a mounted NFS path),
+   an MLflow server on the head that workers can reach and the head's environment pointing sweeps at the
+   cluster and the server, no port but SSH opened to the internet, and on AWS an explicit AMI (Ray's default
+   is too old for CUDA 12) and, with S3 storage, an instance profile on GPU workers for their checkpoints.
+
+Every problem is one line naming the field. Exit status of the command: 0 valid, 1 invalid, 2 unreadable.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import ipaddress
+import json
+import logging
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STORAGE_ENV = "HYPORAY_STORAGE_PATH"
+REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "az://", "hdfs://")
+PLACEHOLDER = re.compile(r"CHANGE-?ME", re.IGNORECASE)
+# RFC 5737 documentation networks: addresses that cannot be the user's real machines
+DOC_NETS = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
+COMMAND_LISTS = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
+                 "head_start_ray_commands", "worker_start_ray_commands")
+
+
+class Unreadable(Exception):
+    """The file cannot be read or parsed as YAML (exit status 2)."""
+
+
+@dataclass
+class Result:
+    path: str
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # not errors: placeholders left to fill in
+    summary: str = ""
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+
+def load(path: str | Path) -> Any:
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Unreadable(f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise Unreadable(f"not valid YAML{where}: {problem}") from None
+
+
+def check_file(path: str | Path) -> Result:
+    """Raises ``Unreadable``; otherwise returns the problems (none: valid) and a one-line summary."""
+    return check(load(path), str(path))
+
+
+def check(config: Any, name: str = "cluster.yaml") -> Result:
+    res = Result(name)
+    if not isinstance(config, dict):
+        res.problems.append(f"the file holds a {type(config).__name__}, not a cluster config mapping "
+                            "(cluster_name, provider, available_node_types, ...)")
+        return res
+    prepared = _ray_checks(config, res)
+    cfg = prepared if prepared is not None else config
+    if not isinstance(cfg.get("provider"), dict):
+        return res  # Ray's lines say what is missing; nothing of ours can be checked
+    local = cfg["provider"].get("type") == "local"
+    ray_found = bool(res.problems)
+
+    def rule(fn, *args, default="-"):
+        # a file Ray already rejected may be shaped so that a rule cannot read it: Ray's lines say why
+        try:
+            return fn(*args)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            if not ray_found:
+                raise
+            return default
+
+    gpu_summary = rule(_check_nodes, cfg, res, local)
+    image_summary = rule(_check_images, cfg, res)
+    storage = rule(_check_storage, config, res)  # as written: prepare_config copies setup_commands to 2 lists
+    mlflow = rule(_check_mlflow, cfg, res)
+    rule(_check_head_env, config, res)
+    rule(_check_exposure, cfg, res)
+    rule(_check_ami, cfg, res)
+    rule(_check_worker_iam, cfg, res, storage)
+    rule(_notes, config, res)
+    if res.valid:
+        prov = cfg["provider"]
+        where = prov.get("type", "?") + (f" {prov['region']}" if prov.get("region") else "")
+        res.summary = (f"{where}; {gpu_summary}; image {image_summary}; storage {storage}; "
+                       f"MLflow on the head at :{mlflow}")
+    return res
+
+
+# --- 1. Ray's prepare_config + validate_config ---------------------------------------------------------
+
+@contextlib.contextmanager
+def _quiet_ray():
+    """Ray's cli_logger prints (warnings, 'PANIC' lines before aborting) and its autoscaler logs at INFO:
+    keep both off the command's output; what matters comes back as exceptions."""
+    loggers = [logging.getLogger(n) for n in ("ray", "ray.autoscaler", "ray.autoscaler._private.util")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            yield buf
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def _ray_checks(config: dict, res: Result) -> dict | None:
+    """Ray's own checks; returns the prepared config (defaults filled in) or None when preparing failed."""
+    import jsonschema
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    prepared = None
+    with _quiet_ray():
+        try:
+            prepared = prepare_config(config)
+        except Exception as exc:  # noqa: BLE001 - any failure of Ray's preparation is a config problem
+            prep_error = exc
+    if prepared is None:
+        # a wrong type can crash the preparation (e.g. a string where Ray adds lists): the schema on the raw
+        # file usually says why in plain words
+        lines, left_to_us = _schema_lines(config)
+        if lines or not left_to_us:
+            res.problems.extend(lines or [f"Ray's prepare_config failed: {_exc_line(prep_error)}"])
+        return None
+    with _quiet_ray():
+        try:
+            validate_config(prepared)
+        except jsonschema.ValidationError as exc:
+            lines, left_to_us = _schema_lines(prepared)
+            res.problems.extend(lines if lines or left_to_us else [f"Ray's schema: {exc.message}"])
+        except Exception as exc:  # noqa: BLE001 - Ray's cross-field rules raise ValueError/RuntimeError
+            res.problems.append(f"Ray's validate_config: {_exc_line(exc)}")
+    return prepared
+
+
+def _exc_line(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {msg[0]}" if msg else type(exc).__name__
+
+
+def _schema_lines(config: dict) -> tuple[list[str], int]:
+    """Every violation of Ray's ray-schema.json, one line each, named by its path in the file; and how many
+    were left to our own integer rule for node resources (one clearer line instead of two)."""
+    import jsonschema
+    import ray.autoscaler
+
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    lines, left_to_us = [], 0
+    for err in sorted(jsonschema.Draft7Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path)):
+        path = [str(p) for p in err.absolute_path]
+        if len(path) == 4 and path[0] == "available_node_types" and path[2] == "resources":
+            left_to_us += 1
+            continue
+        where = ".".join(path) or "top level"
+        msg = err.message
+        if err.validator == "additionalProperties":
+            m = re.search(r"\((.*) (?:was|were) unexpected\)", msg)
+            allowed = sorted((err.schema.get("properties") or {}).keys())
+            unknown = m.group(1) if m else msg
+            msg = f"unknown key {unknown}" + (f"; Ray knows: {', '.join(allowed)}" if allowed else "")
+        elif err.validator == "type":
+            msg = f"{_short(err.instance)} is not of type {err.validator_value!r}"
+        elif err.validator == "required":
+            msg = err.message.replace(" is a required property", " is required")
+        lines.append(f"{where}: {msg} (Ray's schema)")
+    return lines, left_to_us
+
+
+def _short(v: Any, n: int = 60) -> str:
+    s = json.dumps(v, default=str)
+    return s if len(s) <= n else s[:n - 3] + "..."
+
+
+# --- 2. hyporay's rules ----------------------------------------------------------------------------------
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _start_flag(cmds: list, flag: str) -> list[str]:
+    """Values of ``--flag=V`` / ``--flag V`` in a list of shell commands."""
+    out = []
+    for c in cmds or []:
+        out += re.findall(rf"{re.escape(flag)}[= ]+('[^']*'|\"[^\"]*\"|\S+)", str(c))
+    return [v.strip("'\"") for v in out]
+
+
+def _check_nodes(cfg: dict, res: Result, local: bool) -> str:
+    if local:
+        ips = (cfg.get("provider") or {}).get("worker_ips") or []
+        if not ips:
+            res.problems.append("provider.worker_ips: no worker machine listed; the GPU machines run the trials")
+        for flag in ("--num-gpus", "--num-cpus"):
+            for v in _start_flag(cfg.get("worker_start_ray_commands"), flag):
+                if not re.fullmatch(r"\d+", v) or (flag == "--num-gpus" and int(v) < 1):
+                    res.problems.append(f"worker_start_ray_commands: {flag}={v} must be a whole number"
+                                        + (" >= 1 (GPU workers)" if flag == "--num-gpus" else ""))
+        for v in _start_flag(cfg.get("worker_start_ray_commands", []) + cfg.get("head_start_ray_commands", []),
+                             "--resources"):
+            try:
+                bad = {k: x for k, x in json.loads(v).items() if not _is_int(x)}
+            except (ValueError, AttributeError):
+                continue
+            for k, x in bad.items():
+                res.problems.append(f"start commands: --resources {k}={x} is not an integer (node resources "
+                                    "are whole units)")
+        return f"head {cfg['provider'].get('head_ip')}, {len(ips)} worker machine(s) (GPUs detected by Ray)"
+
+    types = cfg.get("available_node_types") or {}
+    head = cfg.get("head_node_type")
+    gpu_types = []
+    for name, nt in types.items():
+        resources = (nt or {}).get("resources") if isinstance(nt, dict) else None
+        if not isinstance(resources, dict):
+            continue
+        for k, v in resources.items():
+            if not _is_int(v):
+                res.problems.append(f"available_node_types.{name}.resources.{k}: {_short(v)} is not an integer "
+                                    "(node resources are whole units; a trial's share of a GPU is the sweep's "
+                                    "--gpu-fraction)")
+            elif v < 0:
+                res.problems.append(f"available_node_types.{name}.resources.{k}: {v} is negative")
+        gpus = resources.get("GPU")
+        if name != head and _is_int(gpus) and gpus >= 1:
+            if nt.get("max_workers", 1) == 0:
+                res.problems.append(f"available_node_types.{name}: max_workers is 0, so its GPUs can never be used")
+            else:
+                gpu_types.append((name, nt))
+    if types and not gpu_types:
+        res.problems.append("available_node_types: no worker type declares a GPU (add e.g. resources: "
+                            "{CPU: 8, GPU: 1} to a worker type; the paper profile's trials ask for whole GPUs)")
+    head_res = (types.get(head) or {}).get("resources") or {}
+    head_inst = ((types.get(head) or {}).get("node_config") or {}).get("InstanceType")
+    parts = [f"head {head}" + (f" ({head_inst}, {head_res.get('CPU', '?')} CPU)" if head_inst else "")]
+    for name, nt in gpu_types:
+        inst = (nt.get("node_config") or {}).get("InstanceType")
+        parts.append(f"{name} {nt.get('min_workers', 0)}-{nt.get('max_workers', '?')} x "
+                     f"{nt['resources']['GPU']} GPU" + (f" ({inst})" if inst else ""))
+    return "; ".join([parts[0], "GPU workers " + ", ".join(parts[1:])]) if len(parts) > 1 else parts[0]
+
+
+def _images(cfg: dict) -> list[tuple[str, str]]:
+    """(field, image) of every container image the cluster would run."""
+    d = cfg.get("docker") or {}
+    out = [(f"docker.{k}", d[k]) for k in ("image", "head_image", "worker_image") if d.get(k)]
+    for name, nt in (cfg.get("available_node_types") or {}).items():
+        img = ((nt or {}).get("docker") or {}).get("worker_image") if isinstance(nt, dict) else None
+        if img:
+            out.append((f"available_node_types.{name}.docker.worker_image", img))
+    return out
+
+
+def _check_images(cfg: dict, res: Result) -> str:
+    import ray
+
+    want = ray.__version__
+    images = _images(cfg)
+    if not images:
+        res.problems.append(f"docker.image: not set; run every node in rayproject/ray:{want}-py311-gpu (the Ray "
+                            "that hyporay pins)")
+        return "-"
+    for where, img in images:
+        repo, _, tag = str(img).rpartition(":") if ":" in str(img).split("/")[-1] else (str(img), "", "")
+        if repo.endswith("rayproject/ray-ml"):
+            res.problems.append(f"{where}: {img}: the rayproject/ray-ml images are no longer published (after "
+                                f"Ray 2.49); use rayproject/ray:{want}-py311-gpu and install the project in "
+                                "setup_commands")
+            continue
+        m = re.match(r"(\d+\.\d+\.\d+)", tag)
+        if not m:
+            res.problems.append(f"{where}: {img}: the tag names no Ray version; use rayproject/ray:{want}-py311-gpu "
+                                f"(installed Ray is {want})")
+        elif m.group(1) != want:
+            res.problems.append(f"{where}: {img} runs Ray {m.group(1)} but the installed Ray is {want}; use "
+                                f"rayproject/ray:{want}-py311-gpu (driver and cluster must run the same Ray)")
+    return ", ".join(sorted({str(i) for _, i in images}))
+
+
+def _docker_options(cfg: dict) -> list[str]:
+    d = cfg.get("docker") or {}
+    opts: list[str] = []
+    for k in ("run_options", "head_run_options", "worker_run_options"):
+        for o in d.get(k) or []:
+            try:
+                opts += shlex.split(str(o))
+            except ValueError:
+                opts.append(str(o))
+    return opts
+
+
+def _docker_envs(opts: list[str]) -> list[str]:
+    out = []
+    for i, o in enumerate(opts):
+        if o.startswith(("--env=", "-e=")):
+            out.append(o.split("=", 1)[1])
+        elif o in ("-e", "--env") and i + 1 < len(opts):
+            out.append(opts[i + 1])
+    return out
+
+
+def _docker_volumes(opts: list[str]) -> list[str]:
+    """Container-side paths of the bind mounts (-v/--volume HOST:CONTAINER[:mode])."""
+    out = []
+    for i, o in enumerate(opts):
+        spec = None
+        if o.startswith(("--volume=", "-v=")):
+            spec = o.split("=", 1)[1]
+        elif o in ("-v", "--volume") and i + 1 < len(opts):
+            spec = opts[i + 1]
+        if spec and ":" in spec:
+            out.append(spec.split(":")[1])
+    return out
+
+
+def _storage_settings(cfg: dict) -> list[tuple[str, str]]:
+    """(where, value) of every place that sets HYPORAY_STORAGE_PATH."""
+    found = [("docker run_options", e.split("=", 1)[1]) for e in _docker_envs(_docker_options(cfg))
+             if e.startswith(f"{STORAGE_ENV}=")]
+    pat = re.compile(rf"{STORAGE_ENV}=('[^']*'|\"[^\"]*\"|[^\s;&|]+)")
+    for k in COMMAND_LISTS:
+        for c in cfg.get(k) or []:
+            for v in pat.findall(str(c)):
+                found.append((k, v.strip("'\"")))
+    return found
+
+
+def _check_storage(cfg: dict, res: Result) -> str:
+    found = _storage_settings(cfg)
+    if not found:
+        res.problems.append(f"storage: {STORAGE_ENV} is not set; set it once, e.g. docker.run_options: "
+                            f"[--env={STORAGE_ENV}=s3://BUCKET/hyporay] (Ray Tune's storage_path: multi-node "
+                            "sweeps need storage every node reaches)")
+        return "-"
+    values = {v for _, v in found}
+    if len(values) > 1 or len(found) > 1:
+        res.problems.append(f"storage: {STORAGE_ENV} is set in {len(found)} places ("
+                            + ", ".join(f"{w}: {v}" for w, v in found) + "); set it in one")
+    value = found[0][1]
+    if value.startswith(REMOTE_SCHEMES):
+        return value
+    if "://" in value:
+        res.problems.append(f"storage: {STORAGE_ENV}={value}: unsupported scheme; use s3://, gs:// or a shared "
+                            "NFS path")
+        return value
+    if not value.startswith("/"):
+        res.problems.append(f"storage: {STORAGE_ENV}={value} is a relative local path; use s3://BUCKET/prefix, "
+                            "gs://... or an absolute path on an NFS mount shared by all nodes")
+        return value
+    # a filesystem path is shared only if it is a mount: a volume of the container (docker) or mounted by a command
+    if cfg.get("docker"):
+        shared = any(value == v.rstrip("/") or value.startswith(v.rstrip("/") + "/")
+                     for v in _docker_volumes(_docker_options(cfg)) if v.startswith("/"))
+    else:
+        cmds = " ".join(str(c) for k in COMMAND_LISTS for c in cfg.get(k) or [])
+        shared = "mount" in cmds and any(value.startswith(p) for p in re.findall(r"mount\b.*?\s(/\S+)", cmds))
+    if not shared:
+        res.problems.append(f"storage: {STORAGE_ENV}={value} is a local path on each node (not on a volume "
+                            "mounted into the containers); use s3://BUCKET/prefix, gs://... or an NFS mount "
+                            "passed to every container with docker run_options -v")
+    return value
+
+
+def _check_mlflow(cfg: dict, res: Result) -> str:
+    cmds = [str(c) for k in ("head_setup_commands", "head_start_ray_commands") for c in cfg.get(k) or []]
+    server = [c for c in cmds if re.search(r"\bmlflow\s+server\b", c)]
+    if not server:
+        res.problems.append("mlflow: no `mlflow server` is started in head_setup_commands or head_start_ray_commands; "
+                            "trials on worker nodes need a tracking server on the head")
+        return "-"
+    host = (_start_flag(server, "--host") or _start_flag(server, "-h") or ["127.0.0.1"])[0]
+    if host in ("127.0.0.1", "localhost"):
+        res.problems.append(f"mlflow: the server binds {host} (MLflow's default); workers cannot reach it: bind "
+                            "0.0.0.0 or the head's private IP (--host)")
+    return (_start_flag(server, "--port") or _start_flag(server, "-p") or ["5000"])[0]
+
+
+def _check_head_env(cfg: dict, res: Result) -> None:
+    """Sweeps started on the head read both from the environment: without RAY_ADDRESS the engine starts a new
+    single-node Ray (it never guesses a cluster), without MLFLOW_TRACKING_URI it logs to a SQLite file on the
+    head that no worker can reach."""
+    envs = {e.split("=", 1)[0] for e in _docker_envs(_docker_options(cfg)) if "=" in e}
+    cmds = " ".join(str(c) for k in ("setup_commands", "head_setup_commands") for c in cfg.get(k) or [])
+    why = {"RAY_ADDRESS": "sweeps started there would run on a single-node Ray of their own",
+           "MLFLOW_TRACKING_URI": "sweeps started there would log to a SQLite file the workers cannot reach"}
+    for var, consequence in why.items():
+        if var not in envs and not re.search(rf"\b{var}=", cmds):
+            res.problems.append(f"head_setup_commands: {var} is not exported on the head; {consequence} (e.g. "
+                                f"echo \"export {var}=...\" >> ~/.bashrc)")
+
+
+def _check_exposure(cfg: dict, res: Result) -> None:
+    rules = ((cfg.get("provider") or {}).get("security_group") or {}).get("IpPermissions") or []
+    for r in rules:
+        if not isinstance(r, dict):
+            continue
+        cidrs = [x.get("CidrIp") for x in r.get("IpRanges") or [] if isinstance(x, dict)]
+        cidrs += [x.get("CidrIpv6") for x in r.get("Ipv6Ranges") or [] if isinstance(x, dict)]
+        if any(c in ("0.0.0.0/0", "::/0") for c in cidrs):
+            lo, hi = r.get("FromPort"), r.get("ToPort")
+            if not (lo == hi == 22):
+                ports = lo if lo == hi else f"{lo}-{hi}"
+                res.problems.append(f"provider.security_group.IpPermissions: port {ports} is open to the internet "
+                                    f"({', '.join(c for c in cidrs if c)}); reach MLflow and the dashboard by SSH "
+                                    "port forwarding (ray attach -p 5000, ray dashboard) instead")
+
+
+def _check_ami(cfg: dict, res: Result) -> None:
+    if (cfg.get("provider") or {}).get("type") != "aws":
+        return
+    for name, nt in (cfg.get("available_node_types") or {}).items():
+        ami = str(((nt or {}).get("node_config") or {}).get("ImageId", "")).lower()
+        if ami in ("", "latest_dlami"):
+            res.problems.append(f"available_node_types.{name}.node_config: no ImageId; Ray's default AMI (Deep "
+                                "Learning AMI Ubuntu 18.04 V71, CUDA 11.2 driver) is too old for the CUDA 12 ray "
+                                "image: use a current Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04)")
+
+
+def _check_worker_iam(cfg: dict, res: Result, storage: str) -> None:
+    if (cfg.get("provider") or {}).get("type") != "aws" or not storage.startswith("s3://"):
+        return
+    head = cfg.get("head_node_type")
+    for name, nt in (cfg.get("available_node_types") or {}).items():
+        if name == head or not isinstance(nt, dict):
+            continue
+        gpus = (nt.get("resources") or {}).get("GPU")
+        if _is_int(gpus) and gpus >= 1 and "IamInstanceProfile" not in (nt.get("node_config") or {}):
+            res.problems.append(f"available_node_types.{name}.node_config: no IamInstanceProfile; its trials "
+                                f"cannot write checkpoints to {storage} (Ray gives only the head a profile)")
+
+
+def _notes(config: dict, res: Result) -> None:
+    """Placeholders still to fill in (not errors: the shipped files are templates)."""
+    left = sorted(set(PLACEHOLDER.findall(json.dumps(config, default=str))))
+    if left:
+        res.notes.append("placeholders marked CHANGE-ME are still to be replaced before `ray up`")
+    prov = config.get("provider") or {}
+    ips = [prov.get("head_ip")] + list(prov.get("worker_ips") or [])
+    doc = []
+    for ip in ips:
+        try:
+            if any(ipaddress.ip_address(str(ip)) in n for n in DOC_NETS):
+                doc.append(str(ip))
+        except ValueError:
+            pass
+    if doc:
+        res.notes.append(f"provider: {', '.join(doc)} are documentation addresses (RFC 5737): put your machines' "
+                         "addresses there")
+
+
+
+# --- the command -----------------------------------------------------------------------------------------
+
+def run(files: list[str], out=None, err=None) -> int:
+    """``hyporay validate-cluster``: 0 all valid, 1 some invalid, 2 some unreadable."""
+    import sys
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    status = 0
+    for f in files:
+        try:
+            r = check_file(f)
+        except Unreadable as exc:
+            print(f"{f}: {exc}", file=err)
+            status = 2
+            continue
+        if r.valid:
+            print(f"{f}: valid ({r.summary})", file=out)
+            for n in r.notes:
+                print(f"{f}: note: {n}", file=out)
+        else:
+            for p in r.problems:
+                print(f"{f}: {p}", file=err)
+            print(f"{f}: invalid ({len(r.problems)} problem{'s' if len(r.problems) != 1 else ''})", file=err)
+            status = max(status, 1)
+    return status
