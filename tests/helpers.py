@@ -1,8 +1,20 @@
 """Small helpers the tests share: tiny models and a plain SGD fit on in-memory tensors."""
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
+
+
+def sweep_env() -> dict:
+    """Environment for sweep subprocesses: local Ray on 127.0.0.1 and the local SQLite store, whatever the
+    developer's shell exports (a cluster address, a tracking server, remote storage)."""
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1")
+    for var in ("MLFLOW_TRACKING_URI", "HYPORAY_STORAGE_PATH", "RAY_ADDRESS"):
+        env.pop(var, None)
+    return env
 
 
 def tiny_model(name: str, ds, seed: int) -> nn.Module:

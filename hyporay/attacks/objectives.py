@@ -5,7 +5,6 @@ targeted) is expressed by negating it here, so adding an objective is one small 
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

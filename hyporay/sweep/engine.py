@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import os
 import sys
 import time
@@ -25,7 +24,7 @@ from hyporay.config import ConfigError, load_config, merge, parse_overrides
 from hyporay.sweep import frontier as F
 from hyporay.sweep import tracking
 from hyporay.sweep.cluster import ClusterInfo, cluster_info, init_ray, trial_resources
-from hyporay.sweep.trainable import data_key, run_name, trial_key, tune_trainable
+from hyporay.sweep.trainable import data_key, run_name, tune_trainable
 
 STATE_FILE = "hyporay_sweep.json"
 PROFILES = ("auto", "local", "paper")

@@ -11,22 +11,16 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from browser import MLFLOW_UI_STORAGE, QUIET_ENV, Chromium, MlflowServer, chromium_path  # noqa: E402
+from browser import MLFLOW_UI_STORAGE, Chromium, MlflowServer, chromium_path  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-ROOT = Path(__file__).resolve().parents[2]
-SWEEP_ARGS = ["--profile", "local", "--trainers", "trades,thrm", "--lambdas", "0,5", "--seeds", "1",
-              "--set", "train.epochs=2", "--set", "eval.every=1"]
 X, Y = "natural_risk", "hypocritical_risk"
 
 
@@ -42,27 +36,21 @@ def chromium_exe():
 
 
 @pytest.fixture(scope="module")
-def sweep(chromium_exe):
-    """A small real sweep in a temporary directory: its directory, printed links and the trial runs."""
-    work = Path(tempfile.mkdtemp(prefix="hyporay-e2e-"))
-    try:
-        env = {**os.environ, **QUIET_ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-        proc = subprocess.run([sys.executable, str(ROOT / "sweeps" / "thrm_lambda.py"), *SWEEP_ARGS], cwd=work,
-                              env=env, capture_output=True, text=True, timeout=600)
-        out = proc.stdout
-        assert proc.returncode == 0, f"sweep failed ({proc.returncode}):\n{out[-3000:]}\n{proc.stderr[-3000:]}"
-        links = dict(re.findall(r"^(runs|frontier chart):\s+(\S+)$", out, re.M))
-        assert set(links) == {"runs", "frontier chart"}, f"links missing from the sweep's output:\n{out[-2000:]}"
+def sweep(chromium_exe, small_sweep):
+    """The shared small real sweep (tests/e2e/conftest.py): its directory, printed links and the trial runs."""
+    work, proc = small_sweep["dir"], small_sweep["proc"]
+    out = proc.stdout
+    assert proc.returncode == 0, f"sweep failed ({proc.returncode}):\n{out[-3000:]}\n{proc.stderr[-3000:]}"
+    links = dict(re.findall(r"^(runs|frontier chart):\s+(\S+)$", out, re.M))
+    assert set(links) == {"runs", "frontier chart"}, f"links missing from the sweep's output:\n{out[-2000:]}"
 
-        from hyporay.sweep import tracking
+    from hyporay.sweep import tracking
 
-        uri = tracking.default_tracking_uri(work)
-        exp_id = re.search(r"^experiment:\s+.*\(id (\S+)\)$", out, re.M).group(1)
-        runs = tracking.child_runs(tracking.client(uri), exp_id)
-        assert len(runs) == 4, [r.info.run_name for r in runs]
-        yield {"dir": work, "links": links, "runs": runs}
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    uri = tracking.default_tracking_uri(work)
+    exp_id = re.search(r"^experiment:\s+.*\(id (\S+)\)$", out, re.M).group(1)
+    runs = tracking.child_runs(tracking.client(uri), exp_id)
+    assert len(runs) == 4, [r.info.run_name for r in runs]
+    return {"dir": work, "links": links, "runs": runs}
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Whole sweeps on a real local Ray with a real MLflow SQLite store (the main job, small)."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,18 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from helpers import sweep_env
+
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP = ROOT / "sweeps" / "thrm_lambda.py"
-SMALL = ["--profile", "local", "--seeds", "1", "--set", "eval.every=1"]
+SMALL = ["--profile", "local", "--seeds", "1", "--set", "eval.every=1"]  # + lambdas, epochs
 
 pytestmark = pytest.mark.slow
 
 
 def _env():
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    for var in ("MLFLOW_TRACKING_URI", "HYPORAY_STORAGE_PATH", "RAY_ADDRESS"):  # the local defaults, always
-        env.pop(var, None)
-    return env
+    return sweep_env()
 
 
 def _runs(cwd: Path):
@@ -39,13 +37,9 @@ def _steps(c, run) -> list[int]:
     return sorted(m.step for m in c.get_metric_history(run.info.run_id, "natural_risk"))
 
 
-def test_sweep_with_dying_workers_logs_each_trial_once(tmp_path):
+def test_sweep_with_dying_workers_logs_each_trial_once(small_sweep):
     """2 lambdas x 2 trainers; every trial's worker dies hard after epoch 1 and is retried from its checkpoint."""
-    chaos = tmp_path / "chaos"
-    chaos.mkdir()
-    r = subprocess.run([sys.executable, str(SWEEP), *SMALL, "--lambdas", "0,5", "--set", "train.epochs=2",
-                        "--chaos-exit-after-epoch", "1", "--chaos-dir", str(chaos)],
-                       cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    r, tmp_path, chaos = small_sweep["proc"], small_sweep["dir"], small_sweep["chaos"]
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.splitlines()[0].startswith("profile: local")
     assert len(list(chaos.glob("*.died"))) == 4  # each trial really lost its worker once
@@ -71,7 +65,7 @@ def test_sweep_with_dying_workers_logs_each_trial_once(tmp_path):
 
 def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
     # 6 trials, 2 at a time: when the first one finishes, several are still to run
-    args = [sys.executable, str(SWEEP), *SMALL, "--lambdas", "0,5,10", "--set", "train.epochs=8",
+    args = [sys.executable, str(SWEEP), *SMALL, "--lambdas", "0,5,10", "--set", "train.epochs=5",
             "--name", "interrupted"]
     # restore SIGINT's default in the child: a shell running in the background hands on an ignored SIGINT
     proc = subprocess.Popen(args, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -109,4 +103,4 @@ def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
     assert names == sorted(set(names))
     for ch in children:
         assert ch.info.status == "FINISHED"
-        assert _steps(c, ch) == list(range(1, 9))
+        assert _steps(c, ch) == list(range(1, 6))
