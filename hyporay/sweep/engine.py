@@ -50,6 +50,11 @@ class SweepDefinition:
     label_key: str = F.DEFAULT_LABEL  # trial field that labels frontier points (train.lam, model.name, ...)
     # trial fields of this sweep (dotted key -> value): over the profile's trial, under --set and the axes
     defaults: dict[str, Any] = field(default_factory=dict)
+    # fn(base trial dict, {axis key: values}, seeds, profile name) -> trial dicts: replaces the axes' product
+    # (sweeps made of several parts, e.g. reproduce.py); identical trials are run once
+    grid: Callable | None = None
+    options: Callable | None = None  # fn(argparse parser): extra command-line options (``args`` in ``after``)
+    seeds: dict[str, int] = field(default_factory=dict)  # profile -> default --seeds (over the profile's)
 
 
 # run names show the swept fields that trainer-lam-model-seed does not
@@ -152,6 +157,8 @@ def build_parser(defn: SweepDefinition) -> argparse.ArgumentParser:
                         "choice the sweep started with)")
     p.add_argument("--dry-run", action="store_true", help="print the trials it would run and exit")
     p.add_argument("--chaos-exit-after-epoch", type=int, help=argparse.SUPPRESS)
+    if defn.options is not None:
+        defn.options(p)
     p.add_argument("--chaos-dir", help=argparse.SUPPRESS)
     return p
 
@@ -212,14 +219,19 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
     raw_storage = args.storage_path or os.environ.get("HYPORAY_STORAGE_PATH") or "hyporay_runs"
     storage = raw_storage if "://" in raw_storage else str((workdir / raw_storage).resolve())
 
-    # 1. which profile: needs the cluster only for "auto" (a dry run does not start a local Ray)
+    # Cheap checks first: nothing starts (Ray, MLflow runs, data) before the inputs are known to be good.
+    resumed = json.loads(_find_state(storage, defn.name, args.resume).read_text()) if args.resume else None
+    if not args.dry_run:
+        tracking.check_reachable(resumed["tracking_uri"] if resumed else tracking_uri)
+
+    # 1. which profile: only "auto" needs the cluster first (a dry run starts no local Ray)
     info = None
-    if not args.dry_run or args.profile == "auto" and (args.address or os.environ.get("RAY_ADDRESS")):
+    if args.profile == "auto" and not resumed and (
+            not args.dry_run or args.address or os.environ.get("RAY_ADDRESS")):
         init_ray(args.address)
         info = cluster_info()
     import torch
 
-    resumed = json.loads(_find_state(storage, defn.name, args.resume).read_text()) if args.resume else None
     if resumed:
         profile, why = resumed["profile"], f"the profile of the resumed sweep {resumed['name']}"
     else:
@@ -244,29 +256,47 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
             if not prof_vals:
                 raise ConfigError(f"profile {profile}: sweep.{a.key} is missing (values of the {a.flag} axis)")
             values[a.key] = list(prof_vals)
-    n_seeds = args.seeds if args.seeds is not None else int(prof.get("seeds", 1))
+    n_seeds = args.seeds if args.seeds is not None else int(defn.seeds.get(profile, prof.get("seeds", 1)))
     if n_seeds < 1:
         raise ConfigError(f"--seeds: must be >= 1, got {n_seeds}")
-    trials = build_trials(base, defn.axes, values, list(range(n_seeds)))
+    if defn.grid is None:
+        trials = build_trials(base, defn.axes, values, list(range(n_seeds)))
+    else:
+        trials = [load_config(t).model_dump() for t in defn.grid(base, values, list(range(n_seeds)), profile)]
+        trials = list({json.dumps(t, sort_keys=True, default=str): t for t in trials}.values())
     res_prof = prof.get("resources", {})
     cpus = args.cpus_per_trial or res_prof.get("cpus_per_trial", 1)
     gfrac = args.gpu_fraction or res_prof.get("gpu_fraction", 1.0)
 
     if args.dry_run:
-        _say(f"{defn.name}: {len(trials)} trials ({' x '.join(f'{len(v)} {k}' for k, v in values.items())} "
-             f"x {n_seeds} seeds), profile {profile}")
+        shape = (' x '.join(f'{len(v)} {k}' for k, v in values.items()) if defn.grid is None
+                 else ', '.join(f'{k} {v}' for k, v in values.items()) + ',')
+        _say(f"{defn.name}: {len(trials)} trials ({shape} x {n_seeds} seeds), profile {profile}")
         for t in trials:
             _say(f"  {run_name(t, name_keys(defn)):<40s} data={t['data']['name']} variant={t['variant']['name']} "
                  f"epochs={t['train']['epochs']} train[{load_config(t).train.attack.spec().describe()}]")
         _say(f"eval attack: {load_config(trials[0]).eval.attack.spec().describe()}")
         return 0
 
-    tracking.check_reachable(tracking_uri)
+    if resumed:
+        trials = resumed["trials"]
+    # data sets once into the object store, keyed by data config; a missing one fails here, before Ray/MLflow
+    from hyporay.experiment import load_trial_data
+
+    datasets = {}
+    for t in trials:
+        k = data_key(t)
+        if k not in datasets:
+            datasets[k] = load_trial_data(load_config(t))
+    if info is None:
+        init_ray(args.address)
+        info = cluster_info()
     resources = trial_resources(info, cpus_per_trial=cpus, gpu_fraction=gfrac, gpus_per_trial=args.gpus_per_trial)
     device = "cuda" if resources.get("gpu") else "cpu"
     threads = max(1, int(resources["cpu"]))
-    trials = [load_config(t, {"device": device, "threads": t.get("threads") or threads}).model_dump()
-              for t in trials]
+    if not resumed:
+        trials = [load_config(t, {"device": device, "threads": t.get("threads") or threads}).model_dump()
+                  for t in trials]
 
     # 3. MLflow experiment + parent run (driver only), or the ones of the sweep being resumed
     from ray import tune
@@ -276,8 +306,6 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
         state = resumed
         run_dir_name, exp_id, parent_id = state["name"], state["experiment_id"], state["parent_run_id"]
         tracking_uri = state["tracking_uri"]
-        tracking.check_reachable(tracking_uri)
-        trials = state["trials"]
         _say(f"resuming {run_dir_name} (parent run {parent_id})")
     else:
         run_dir_name = args.name or f"{defn.name}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -297,14 +325,7 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
     if args.chaos_exit_after_epoch is not None:
         meta["chaos_exit_after_epoch"] = {"epoch": args.chaos_exit_after_epoch, "marker_dir": args.chaos_dir}
 
-    # 4. data sets once into the object store, keyed by data config
-    from hyporay.experiment import load_trial_data
-
-    datasets = {}
-    for t in trials:
-        k = data_key(t)
-        if k not in datasets:
-            datasets[k] = load_trial_data(load_config(t))
+    # 4. the trainable, with the data sets in the object store
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, datasets=datasets), resources)
 
     _say(f"{defn.name}: {len(trials)} trials on {info.nodes} node(s) ({info.cpus:g} CPU, {info.gpus:g} GPU), "
@@ -336,7 +357,7 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
     finished = sum(r.info.status == "FINISHED" for r in runs)
     unfinished = len(trials) - finished - len(errors)
     ctx = {"runs": runs, "client": c, "parent_run_id": parent_id, "experiment_id": exp_id, "profile": profile,
-           "trials": trials}
+           "trials": trials, "args": args}
     artefacts: list[Path] = []
     art_dir = Path(storage if "://" not in storage else workdir / "hyporay_runs") / run_dir_name / "artefacts"
     points: list[F.FrontierPoint] = []

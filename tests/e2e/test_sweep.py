@@ -104,3 +104,18 @@ def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
     for ch in children:
         assert ch.info.status == "FINISHED"
         assert _steps(c, ch) == list(range(1, 6))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--tracking-uri", "http://127.0.0.1:9"], "tracking-uri: cannot reach http://127.0.0.1:9"),
+    (["--set", "model.name=resnet19"], "model.name: unknown 'resnet19'"),
+    (["--set", "data.name=cifar10"], "dataset cifar10: not found"),
+    (["--resume"], "--resume: no interrupted thrm_lambda sweep"),
+])
+def test_bad_input_fails_before_anything_starts(tmp_path, args, needle):
+    """One line, exit 2, and nothing written: no MLflow store, no Tune directory, no Ray session."""
+    r = subprocess.run([sys.executable, str(SWEEP), "--profile", "local", "--lambdas", "0", "--seeds", "1", *args],
+                       cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert needle in r.stderr and "Traceback" not in r.stderr
+    assert list(tmp_path.iterdir()) == []
