@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def cmd_frontier(args) -> int:
     from hyporay.sweep import frontier as F
     from hyporay.sweep import tracking
 
-    uri = args.tracking_uri or tracking.default_tracking_uri(Path.cwd())
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(Path.cwd())
     tracking.check_reachable(uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise tracking.TrackingError(f"tracking-uri: no MLflow database at {uri[len('sqlite:///'):]}; pass the "
@@ -270,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "child runs (unfinished ones are skipped), log them to the sweep's parent run "
                                    "and rewrite the experiment's frontier chart.")
     f.add_argument("--experiment", required=True, help="MLflow experiment of the sweep, e.g. thrm_lambda-local")
-    f.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
+    f.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
     f.add_argument("--parent", metavar="RUN_ID", help="the sweep's parent run (default: the experiment's latest)")
     f.add_argument("--out", help="directory for the artefacts (default frontier-<parent run id prefix>)")
     f.add_argument("--label-key", help="trial field labelling the points (default: the one the sweep recorded, "
