@@ -114,7 +114,7 @@ def build_trials(base: dict, axes: list[Axis], values: dict[str, list], seeds: l
     return trials
 
 
-def _absolute_paths(trial_base: dict, workdir: Path) -> dict:
+def absolute_paths(trial_base: dict, workdir: Path) -> dict:
     """Ray runs trials in other working directories: make data paths absolute on the driver."""
     data = dict(trial_base.get("data", {}))
     root = Path(data.get("root", "data")).expanduser()
@@ -243,7 +243,7 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
     sweep_defaults: dict = {}
     for k, v in defn.defaults.items():
         _set(sweep_defaults, k, v)
-    base = _absolute_paths(merge(merge(prof.get("trial", {}), sweep_defaults), parse_overrides(args.set)), workdir)
+    base = absolute_paths(merge(merge(prof.get("trial", {}), sweep_defaults), parse_overrides(args.set)), workdir)
     values = {}
     for a in defn.axes:
         raw = getattr(args, a.flag.lstrip("-").replace("-", "_")) if a.flag else None
