@@ -2,14 +2,18 @@
 bad flags as one-line errors with exit status 2."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
+import runpy
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
+from hyporay.sweep import main
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = ROOT / "sweeps"
@@ -57,20 +61,42 @@ def _run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+def _run_in_process(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The script's own ``main(SWEEP)`` in this interpreter (a dry run starts no Ray): what a user's command
+    does, without paying a fresh interpreter's torch import 20 times."""
+    defn = runpy.run_path(str(SWEEPS / f"{script}.py"), run_name="dry_run_test")["SWEEP"]
+    out, err, old = io.StringIO(), io.StringIO(), Path.cwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(defn, list(args), configs_dir=SWEEPS / "configs")
+            except SystemExit as exc:  # argparse's usage errors
+                code = exc.code
+    finally:
+        os.chdir(old)
+    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Every command of this module, run concurrently (each a fresh interpreter importing torch), each in its
-    own empty working directory: {(script, *args): (completed process, cwd)}."""
+    """Every command of this module, each in its own empty working directory:
+    {(script, *args): (completed process, cwd)}."""
     cmds = [(s, "--dry-run", "--profile", p) for s, p in sorted(EXPECTED)]
     cmds += [(s, "--dry-run", *a) for s, a in SWEPT]
     cmds += [(s, "--dry-run", *_bad_args(a)) for s, a, _ in BAD]
-
-    def one(cmd):
+    out = {}
+    for cmd in cmds:
         cwd = tmp_path_factory.mktemp(cmd[0])
-        return cmd, (_run(*cmd, cwd=cwd), cwd)
+        out[cmd] = (_run_in_process(*cmd, cwd=cwd), cwd)
+    return out
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(pool.map(one, cmds))
+
+def test_a_real_command_line_error_is_one_line(tmp_path):
+    r = _run("thrm_lambda", "--dry-run", "--profile", "local", "--lambdas", "x", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr == "thrm_lambda: error: --lambdas: cannot read 'x' as float\n"
+    r = _run("thrm_lambda", "--bogus", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unrecognized arguments: --bogus" in r.stderr
 
 
 def test_every_script_is_covered():
