@@ -7,6 +7,7 @@ entry in ``THREAT_MODELS``.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 _TINY = 1e-12
@@ -91,31 +92,23 @@ class LinfBall(ThreatModel):
 class L2Ball(ThreatModel):
     """l_2 ball: normalised-gradient steps, renorm projection, uniform start in the ball.
 
-    A zero gradient (flat loss, e.g. KL at x' = x) is replaced by a random direction, as official
-    TRADES does, so the attack can leave a flat point instead of dividing by zero.
+    A zero gradient (a flat loss, e.g. KL at x' = x exactly) gives a zero step rather than a division by
+    zero; the stability attack's "auto" start (x + 0.001·N(0,1)) is what moves it off such a point, as the
+    official TRADES start does.
     """
 
     name = "l2"
 
     def step(self, x_adv, grad, step_size, generator):
-        norms = grad.flatten(1).norm(dim=1)
-        zero = norms <= _TINY
-        if bool(zero.any()):
-            grad[zero] = _randn(grad[zero], generator)
-            norms = grad.flatten(1).norm(dim=1)
-        scale = (step_size / norms.clamp_min_(_TINY)).view(-1, *([1] * (grad.dim() - 1)))
-        return x_adv.addcmul_(grad, scale)
+        direction = F.normalize(grad.flatten(1), dim=1, eps=_TINY).view_as(grad)
+        return x_adv.add_(direction, alpha=step_size)
 
     def project_delta(self, delta, eps):
-        factor = (eps / _per_example_norm(delta)).clamp_(max=1.0)
-        return delta.mul_(factor)
+        return delta.renorm_(2, 0, eps)
 
     def projector(self, x, eps):
-        def project(z):
-            delta = z.sub_(x)
-            factor = (eps / _per_example_norm(delta)).clamp_(max=1.0)
-            return delta.mul_(factor).add_(x).clamp_(0.0, 1.0)
-        return project
+        # renorm rescales each example's perturbation to l_2 norm <= eps in one kernel
+        return lambda z: z.sub_(x).renorm_(2, 0, eps).add_(x).clamp_(0.0, 1.0)
 
     def uniform(self, x, eps, generator):
         direction = _randn(x, generator)
