@@ -342,7 +342,7 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search(trials), "meta": meta},
-            tune_config=tune.TuneConfig(),
+            tune_config=tune.TuneConfig(reuse_actors=True),  # same resources: skip a worker start per trial
             run_config=tune.RunConfig(name=run_dir_name, storage_path=storage, verbose=1,
                                       failure_config=tune.FailureConfig(max_failures=args.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
