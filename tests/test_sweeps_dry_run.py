@@ -18,18 +18,18 @@ from hyporay.sweep import main
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = ROOT / "sweeps"
 
-# trials = product of the axes' values x seeds (local: 2 seeds, paper: 1), from sweeps/configs/*.yaml and the
+# trials = product of the axes' values x seeds (local: 3 seeds, paper: 1), from sweeps/configs/*.yaml and the
 # scripts' fixed axes
 EXPECTED = {
-    ("thrm_lambda", "local"): 2 * 9 * 2,      # trainers (trades, thrm) x 9 lambdas
+    ("thrm_lambda", "local"): 2 * 9 * 3,      # trainers (trades, thrm) x 9 lambdas
     ("thrm_lambda", "paper"): 2 * 9,
-    ("defender_eps", "local"): 3 * 5 * 2,     # pgd_at, trades, thrm x 5 training eps (x lambda 6)
+    ("defender_eps", "local"): 3 * 5 * 3,     # pgd_at, trades, thrm x 5 training eps (x lambda 6)
     ("defender_eps", "paper"): 3 * 6,         # x 6 training eps (0..16/255)
-    ("attack_steps", "local"): 4 * 2,         # natural, pgd_at, trades, thrm
+    ("attack_steps", "local"): 4 * 3,         # natural, pgd_at, trades, thrm
     ("attack_steps", "paper"): 4,
-    ("architectures", "local"): 2 * 2 * 2,    # models (mlp, cnn) x trainers (natural, thrm)
+    ("architectures", "local"): 2 * 2 * 3,    # models (mlp, cnn) x trainers (natural, thrm)
     ("architectures", "paper"): 5 * 2,        # 5 models
-    ("substandard", "local"): 5 * 2 * 2,      # 5 training-set variants x models (mlp, cnn)
+    ("substandard", "local"): 5 * 2 * 3,      # 5 training-set variants x models (mlp, cnn)
     ("substandard", "paper"): 5 * 5,
 }
 
