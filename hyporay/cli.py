@@ -35,23 +35,41 @@ def _table(metrics: dict, title: str) -> str:
 
 
 def cmd_train(args) -> int:
+    from hyporay import metrics as M
     from hyporay.config import load_config
-    from hyporay.experiment import run_trial
+    from hyporay.experiment import CHECKPOINT_FILE, Diverged, run_trial, write_diverged
 
     cfg = load_config(args.config, args.set or [])
     out = Path(args.out or Path("runs") / cfg.name)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(_yaml(cfg.model_dump()))
+    has_ckpt = (out / CHECKPOINT_FILE).exists()
+    if has_ckpt and not args.resume and not args.overwrite:
+        raise ValueError(f"--out: {out} already holds a trained {CHECKPOINT_FILE}; --resume continues it, "
+                         "--overwrite replaces it, or choose another --out")
     print(f"trial {cfg.name}: {cfg.train.trainer} (lam={cfg.train.lam}) on {cfg.data.name}/{cfg.variant.name}, "
           f"model {cfg.model.name}, {cfg.train.epochs} epochs -> {out}")
     print(f"train attack: {cfg.train.attack.spec().describe()}")
     print(f"eval attack:  {cfg.eval.attack.spec().describe()}")
-    metrics = run_trial(cfg, checkpoint_dir=out, log=print,
-                        resume_from=out if args.resume and (out / "checkpoint.pt").exists() else None)
+    # config.yaml, metrics.json and checkpoint.pt are written together at each evaluation: a run refused by a
+    # check (bad data set, model options, a --resume that changes a trained field) writes nothing
+    try:
+        metrics = run_trial(cfg, checkpoint_dir=out, log=print, resume_from=out if args.resume and has_ckpt else None)
+    except Diverged as exc:
+        write_diverged(out, cfg, exc)
+        print(f"hyporay: trial {cfg.name} {exc}; wrote {out / 'metrics.json'}", file=sys.stderr)
+        return 1
     print()
     print(_table(metrics, f"final metrics ({cfg.eval.attack.spec().describe()})"))
-    print(f"\nwrote {out / 'metrics.json'} and {out / 'checkpoint.pt'}")
+    if metrics.get(M.DEGENERATE):
+        print(f"\ndegenerate model ({_degenerate_reason(metrics)}): its attack-based numbers are NaN, not results")
+    print(f"\nwrote {out / 'metrics.json'}, {out / 'config.yaml'} and {out / CHECKPOINT_FILE}")
     return 0
+
+
+def _degenerate_reason(metrics: dict) -> str:
+    from hyporay import metrics as M
+
+    n = int(metrics.get(M.NONFINITE_LOGITS) or 0)
+    return f"non-finite logits on {n} test examples" if n else "its logits do not depend on the input"
 
 
 def cmd_eval(args) -> int:
@@ -114,8 +132,11 @@ def cmd_frontier(args) -> int:
     print()
     print(F.table(fr.points) if fr.points else "no finished trial runs yet: the frontier is empty")
     print()
-    print(f"frontier from {n_rows} finished run(s) in {len(fr.points)} point(s); skipped {fr.skipped} unfinished "
-          "run(s)")
+    from hyporay.sweep.reports import describe_left_out
+
+    left = describe_left_out(fr.left_out)
+    print(f"frontier from {n_rows} finished run(s) in {len(fr.points)} point(s)"
+          + (f"; left out {left} run(s)" if left else ""))
     for a in fr.artefacts:
         print(f"artefact:       {a} (logged to the parent run)")
     print(f"runs:           {tracking.runs_link(uri, exp.experiment_id)}")
@@ -132,12 +153,6 @@ def _latest_parent(c, experiment_id: str, name: str) -> str:
     if not found:
         raise tracking.TrackingError(f"experiment: {name!r} has no sweep parent run; give one with --parent")
     return found[0].info.run_id
-
-
-def _yaml(d: dict) -> str:
-    import yaml
-
-    return yaml.safe_dump(d, sort_keys=False)
 
 
 def cmd_audit(args) -> int:
@@ -249,7 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   "train, eval; see sweeps/configs/*.yaml)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. train.lam=5")
     t.add_argument("--out", help="output directory (default runs/<name>)")
-    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out (only train.epochs, "
+                   "eval.*, name, device and threads may differ from the checkpoint's config)")
+    t.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="re-evaluate a saved model under any attack spec", formatter_class=fmt)

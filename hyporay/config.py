@@ -22,7 +22,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `train.lr=.inf` or `train.lam=.nan` is a typo, never a setting
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class AttackConfig(_Strict):
@@ -35,6 +36,19 @@ class AttackConfig(_Strict):
     restarts: int = Field(1, ge=1)
     random_start: Literal[RANDOM_STARTS] = "auto"  # type: ignore[valid-type]
     best_iterate: bool = False
+
+    @model_validator(mode="after")
+    def _inside_the_box(self) -> AttackConfig:
+        # inputs live in [0,1]: an l_inf radius above 1 (or a step above 1) is the whole box, i.e. a typo.
+        # (An l_2 radius is checked against the data's dimension once it is known: see check_against_data.)
+        if self.norm == "linf":
+            for name in ("eps", "step_size"):
+                v = getattr(self, name)
+                if v is not None and v > 1:
+                    what = "radius" if name == "eps" else "step"
+                    raise ValueError(f"{name}: {v:g} is beyond the input range [0,1] (an l_inf {what} > 1 "
+                                     "spans every image); pixel units, e.g. 8/255 = 0.0314")
+        return self
 
     def spec(self) -> AttackSpec:
         return AttackSpec(norm=self.norm, eps=self.eps, steps=self.steps, step_size=self.step_size,
@@ -65,7 +79,7 @@ class DataConfig(_Strict):
 
 class ModelConfig(_Strict):
     name: str = "mlp"
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="options of the architecture's factory")
 
     @field_validator("name")
     @classmethod
@@ -75,6 +89,18 @@ class ModelConfig(_Strict):
         if v not in list_models():
             raise ValueError(f"unknown {v!r}; known: {', '.join(list_models())}")
         return v
+
+    @model_validator(mode="after")
+    def _known_options(self) -> ModelConfig:
+        # names now; values when the model is built on the data's shape (hyporay.models.build_model)
+        from hyporay.models import model_options
+
+        known = model_options(self.name)
+        unknown = sorted(set(self.kwargs) - set(known)) if known is not None else []
+        if unknown:
+            raise ValueError(f"kwargs: unknown option {unknown[0]!r} of model {self.name}; known: "
+                             f"{', '.join(known) or '(none)'}")
+        return self
 
 
 class VariantConfig(_Strict):
@@ -180,13 +206,23 @@ def _format(err: ValidationError) -> str:
     if e["type"] == "extra_forbidden":
         return f"{loc}: unknown key; known: {', '.join(_known_keys(e['loc'][:-1]))}"
     msg = e["msg"].removeprefix("Value error, ")
-    if msg.startswith(loc + ":"):  # cross-field validators already name their field
+    if not loc or msg.startswith(loc + ":"):  # cross-field validators already name their field
         return msg
+    head = msg.split(":", 1)[0]
+    if e["type"] == "value_error" and head.isidentifier() and head in _field_names(e["loc"]):
+        return f"{loc}.{msg}"  # a model validator naming one of its own fields: train.attack + eps: ...
     if e["type"] == "value_error":  # our validators already show the offending value
         return f"{loc}: {msg}"
     got = e.get("input")
     shown = "" if isinstance(got, (dict, list)) or e["type"] == "missing" else f" (got {got!r})"
     return f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}"
+
+
+def _field_names(path: tuple) -> list[str]:
+    try:
+        return _known_keys(path)
+    except (KeyError, AttributeError):
+        return []
 
 
 def _known_keys(path: tuple) -> list[str]:
@@ -238,9 +274,13 @@ def load_config(source: TrialConfig | dict | str | Path | None = None, overrides
         if not path.is_file():
             raise ConfigError(f"config: file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError(f"config: {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config: cannot read {path} ({type(exc).__name__})") from None
+        if data is None or data == {}:
+            raise ConfigError(f"config: {path} is empty; give the trial's fields (see configs/digits_thrm.yaml)")
         if not isinstance(data, dict):
             raise ConfigError(f"config: {path} must hold a mapping of fields, got {type(data).__name__}")
         if isinstance(data.get("trial"), dict):  # a sweep profile (sweeps/configs/*.yaml): its trial section

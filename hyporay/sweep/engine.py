@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
+import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -23,7 +25,8 @@ from hyporay.cliutil import OneLineParser, run_user_command
 from hyporay.config import ConfigError, load_config, merge, parse_overrides
 from hyporay.sweep import frontier as F
 from hyporay.sweep import tracking
-from hyporay.sweep.cluster import ClusterInfo, cluster_info, init_ray, trial_resources
+from hyporay.sweep.cluster import (ClusterInfo, bind_loopback_if_local, cluster_info, init_ray, joins_cluster,
+                                   shutdown_ray, trial_resources)
 from hyporay.sweep.trainable import data_key, run_name, tune_trainable
 
 STATE_FILE = "hyporay_sweep.json"
@@ -135,7 +138,7 @@ def build_parser(defn: SweepDefinition) -> argparse.ArgumentParser:
     for a in defn.axes:
         if a.flag:
             p.add_argument(a.flag, help=a.help + " (comma-separated; default: the profile's)")
-    p.add_argument("--seeds", type=int, help="repeat every trial with seeds 0..N-1 (default: the profile's)")
+    p.add_argument("--seeds", type=count(1), help="repeat every trial with seeds 0..N-1 (default: the profile's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a trial field for every trial, e.g. train.epochs=3")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
@@ -143,13 +146,14 @@ def build_parser(defn: SweepDefinition) -> argparse.ArgumentParser:
     p.add_argument("--experiment", help="MLflow experiment name (default <sweep>-<profile>)")
     p.add_argument("--storage-path", help="Ray Tune storage: local dir, NFS path or s3://bucket/prefix (shared on "
                                           "a cluster; default: HYPORAY_STORAGE_PATH, else hyporay_runs)")
-    p.add_argument("--name", help="run name (default <sweep>-<profile>-<timestamp>)")
+    p.add_argument("--name", help="run name (default <sweep>-<profile>-<timestamp>-<random>)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="NAME",
                    help="continue an interrupted sweep (the latest one, or NAME) without re-running finished trials")
-    p.add_argument("--max-failures", type=int, default=2, help="retries per trial, from its last checkpoint")
-    p.add_argument("--cpus-per-trial", type=float, help="default: the profile's")
-    p.add_argument("--gpu-fraction", type=float, help="GPU share per trial when the cluster has GPUs")
-    p.add_argument("--gpus-per-trial", type=float, help="force a GPU request (autoscaling clusters)")
+    p.add_argument("--max-failures", type=count(0), default=2, help="retries per trial, from its last checkpoint")
+    p.add_argument("--cpus-per-trial", type=positive, help="CPUs per trial (default: the profile's)")
+    p.add_argument("--gpu-fraction", type=positive, help="GPU share per trial when the cluster has GPUs, e.g. 0.5 "
+                                                         "packs two trials per GPU (default: the profile's)")
+    p.add_argument("--gpus-per-trial", type=non_negative, help="force a GPU request (autoscaling clusters)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local Ray)")
     p.add_argument("--audit", action="store_true",
                    help="audit each finished trial's final checkpoint (hyporay audit, default settings): MLflow "
@@ -161,6 +165,45 @@ def build_parser(defn: SweepDefinition) -> argparse.ArgumentParser:
         defn.options(p)
     p.add_argument("--chaos-dir", help=argparse.SUPPRESS)
     return p
+
+
+def _number(raw: str) -> float:
+    try:
+        v = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cannot read {raw!r} as a number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be finite, got {raw}")
+    return v
+
+
+def positive(raw: str) -> float:
+    """argparse type: a finite number > 0 (resource flags are checked before Ray starts)."""
+    v = _number(raw)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {raw}")
+    return v
+
+
+def non_negative(raw: str) -> float:
+    v = _number(raw)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {raw}")
+    return v
+
+
+def count(minimum: int) -> Callable[[str], int]:
+    """argparse type: a whole number >= ``minimum``."""
+    def parse(raw: str) -> int:
+        try:
+            v = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"cannot read {raw!r} as a whole number") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {v}")
+        return v
+    parse.__name__ = "count"
+    return parse
 
 
 def _parse_list(raw: str, typ: Callable, flag: str) -> list:
@@ -189,17 +232,12 @@ def _say(msg: str = "") -> None:
 
 def main(defn: SweepDefinition, argv: list[str] | None = None, configs_dir: Path | None = None) -> int:
     args = build_parser(defn).parse_args(argv)
+    bind_loopback_if_local(args.address)  # before anything imports ray
     try:
         return run_user_command(
             lambda: _main(defn, args, configs_dir or _configs_dir()), defn.name)
     finally:
-        try:
-            import ray
-
-            if ray.is_initialized():
-                ray.shutdown()
-        except ImportError:
-            pass
+        shutdown_ray()
 
 
 def _configs_dir() -> Path:
@@ -221,13 +259,16 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
 
     # Cheap checks first: nothing starts (Ray, MLflow runs, data) before the inputs are known to be good.
     resumed = json.loads(_find_state(storage, defn.name, args.resume).read_text()) if args.resume else None
+    if not resumed and args.name and "://" not in storage and (Path(storage) / args.name).exists():
+        raise ConfigError(f"--name: a sweep named {args.name!r} already exists under {storage}; --resume "
+                          f"{args.name} continues it, or choose another --name")
     if not args.dry_run:
         tracking.check_reachable(resumed["tracking_uri"] if resumed else tracking_uri)
 
-    # 1. which profile: only "auto" needs the cluster first (a dry run starts no local Ray)
+    # 1. which profile: only "auto" on a cluster needs to connect first; a local Ray has this machine's GPUs, so
+    #    nothing starts before every trial is validated
     info = None
-    if args.profile == "auto" and not resumed and (
-            not args.dry_run or args.address or os.environ.get("RAY_ADDRESS")):
+    if args.profile == "auto" and not resumed and joins_cluster(args.address):
         init_ray(args.address)
         info = cluster_info()
     import torch
@@ -280,14 +321,9 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
 
     if resumed:
         trials = resumed["trials"]
-    # data sets once into the object store, keyed by data config; a missing one fails here, before Ray/MLflow
-    from hyporay.experiment import load_trial_data
-
-    datasets = {}
-    for t in trials:
-        k = data_key(t)
-        if k not in datasets:
-            datasets[k] = load_trial_data(load_config(t))
+    # data sets once into the object store, keyed by data config; a missing one, a model that cannot be built on
+    # it or a budget beyond the input range fails here, before Ray/MLflow
+    datasets = load_and_check(trials)
     if info is None:
         init_ray(args.address)
         info = cluster_info()
@@ -308,7 +344,8 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
         tracking_uri = state["tracking_uri"]
         _say(f"resuming {run_dir_name} (parent run {parent_id})")
     else:
-        run_dir_name = args.name or f"{defn.name}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
+        # a random suffix: two sweeps started in the same second get their own Tune directories
+        run_dir_name = args.name or f"{defn.name}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         exp_id = tracking.ensure_experiment(tracking_uri, experiment)
         c = tracking.client(tracking_uri)
         parent = tracking.retry(c.create_run, exp_id, run_name=run_dir_name, tags={
@@ -352,10 +389,13 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
     # 5. artefacts on the parent run
     c = tracking.client(tracking_uri)
     runs = tracking.child_runs(c, exp_id, parent_id)
-    # a trial is done when its MLflow run is FINISHED (Tune's own count calls pending trials of an
-    # interrupted run terminated); what is neither finished nor errored was interrupted (Ctrl-C)
+    # a trial is done when its MLflow run is FINISHED, or FAILED because it diverged (a result: not retried);
+    # Tune's own count calls pending trials of an interrupted run terminated; what is neither done nor errored
+    # was interrupted (Ctrl-C)
     finished = sum(r.info.status == "FINISHED" for r in runs)
-    unfinished = len(trials) - finished - len(errors)
+    diverged = sum(tracking.is_final(r) and r.info.status == "FAILED" for r in runs)
+    degenerate = sum(r.data.tags.get(tracking.DEGENERATE_TAG) == "true" for r in runs)
+    unfinished = len(trials) - finished - diverged - len(errors)
     ctx = {"runs": runs, "client": c, "parent_run_id": parent_id, "experiment_id": exp_id, "profile": profile,
            "trials": trials, "args": args}
     artefacts: list[Path] = []
@@ -377,8 +417,11 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
     if points:
         _say(F.table(points))
         _say()
-    _say(f"trials: {finished} finished, {len(errors)} failed, {unfinished} not finished"
+    _say(f"trials: {finished} finished, {diverged} diverged, {len(errors)} failed, {unfinished} not finished"
          + (f" ({', '.join(str(r.error).splitlines()[0][:80] for r in errors[:3])})" if errors else ""))
+    if diverged or degenerate:
+        _say(f"left out of every frontier and table: {diverged} diverged, {degenerate} degenerate (constant or "
+             "non-finite model): their risks are not results")
     _say(f"tracking URI:   {tracking_uri}")
     _say(f"experiment:     {experiment} (id {exp_id})")
     _say(f"parent run:     {parent_id}")
@@ -392,6 +435,28 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
     if errors or unfinished:
         _say(f"resume with:    python sweeps/{defn.name}.py --resume {run_dir_name}")
     return 130 if unfinished else 1 if errors else 0
+
+
+def load_and_check(trials: list[dict]) -> dict:
+    """The trials' data sets (keyed by ``data_key``), each loaded once, after checking every trial against its
+    data: the attack budgets (``check_budget``) and the model, built once per architecture, options and input
+    shape (a bad option value fails here in one line, not in every Ray worker)."""
+    from hyporay.experiment import check_budget, load_trial_data, make_model
+
+    datasets, built = {}, set()
+    for t in trials:
+        k = data_key(t)
+        cfg = load_config(t)
+        if k not in datasets:
+            datasets[k] = load_trial_data(cfg)
+        ds = datasets[k]
+        check_budget(cfg, ds.in_shape)
+        arch = (cfg.model.name, json.dumps(cfg.model.kwargs, sort_keys=True, default=str), ds.in_shape,
+                ds.num_classes)
+        if arch not in built:
+            make_model(cfg, ds)
+            built.add(arch)
+    return datasets
 
 
 def _write_state(storage: str, name: str, state: dict) -> None:

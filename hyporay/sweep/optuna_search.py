@@ -992,23 +992,22 @@ def build_parser(defn: SearchDefinition) -> argparse.ArgumentParser:
 
 def run_search(defn: SearchDefinition, argv: list[str] | None = None, configs_dir: Path | None = None) -> int:
     """Run a search as its script does (exit status; user errors as one line), leaving Ray running."""
+    from hyporay.sweep.cluster import bind_loopback_if_local
+
     args = build_parser(defn).parse_args(argv)
+    bind_loopback_if_local(args.address)  # before anything imports ray
     configs = configs_dir or Path(__file__).resolve().parents[2] / "sweeps" / "configs"
     return run_user_command(lambda: _main(defn, args, configs), defn.name)
 
 
 def main(defn: SearchDefinition, argv: list[str] | None = None, configs_dir: Path | None = None) -> int:
     """The scripts' entry point: ``run_search``, then Ray shut down."""
+    from hyporay.sweep.cluster import shutdown_ray
+
     try:
         return run_search(defn, argv, configs_dir)
     finally:
-        try:
-            import ray
-
-            if ray.is_initialized():
-                ray.shutdown()
-        except ImportError:
-            pass
+        shutdown_ray()
 
 
 def base_trial(defn: SearchDefinition, args, prof: dict, space: list[Param], defaults: dict, workdir: Path) -> dict:

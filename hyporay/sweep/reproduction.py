@@ -513,14 +513,14 @@ def report(ctx: dict) -> list[Path]:
 
     by_key = {trial_key(t): t for t in ctx["trials"]}
     model3 = _model3(ctx["trials"])
-    rows, skipped = R.final_rows(ctx["runs"])
-    if skipped:
-        print(f"report: skipped {skipped} unfinished run(s)", flush=True)
+    rows, left_out = R.final_rows(ctx["runs"])
+    R._say_skipped(left_out)
     keyed = {r.info.run_id: r.data.tags.get(tracking.TRIAL_KEY_TAG) for r in ctx["runs"]}
     for r in rows:
         t = by_key.get(keyed.get(r[R.RUN_ID]))
         r["_parts"] = parts_of(t, model3) if t else set()
-    counts = f"{len(rows)} finished, {skipped} not finished, of {len(ctx['trials'])}"
+    left = R.describe_left_out(left_out)
+    counts = f"{len(rows)} finished, of {len(ctx['trials'])}" + (f"; left out: {left}" if left else "")
     command = ctx.get("command") or "python sweeps/reproduce.py " + shlex.join(sys.argv[1:])
     _text, claims, paths = build_report(rows, ctx["trials"], ctx["profile"], out, command=command,
                                        commit=_git_commit(Path(__file__).resolve().parent), hardware=_hardware(),

@@ -52,7 +52,7 @@ def tune_trainable(config: dict, datasets: dict | None = None) -> None:
     import ray
     from ray import tune
 
-    from hyporay.experiment import run_trial
+    from hyporay.experiment import Diverged, run_trial
 
     trial, meta = config["trial"], config["meta"]
     c = tracking.client(meta["tracking_uri"])
@@ -60,6 +60,12 @@ def tune_trainable(config: dict, datasets: dict | None = None) -> None:
     run_id = tracking.find_or_create_child(c, meta["experiment_id"], meta["parent_run_id"], key,
                                            run_name(trial, meta.get("name_keys", ())),
                                            meta.get("tags", {}) | _trial_tags(trial))
+    run = tracking.retry(c.get_run, run_id)
+    if tracking.is_final(run):
+        # a --resume can restart a trial that had finished (or diverged) just before the interrupt: its run is a
+        # result already; leave it as it is (no second end time, no re-logged epoch) and hand Tune its metrics
+        tune.report({**run.data.metrics, "mlflow_run_id": run_id})
+        return
     tracking.retry(c.set_tag, run_id, "ray_node_id", ray.get_runtime_context().get_node_id())  # last node it ran on
     resume_dir = None
     ckpt = tune.get_checkpoint()
@@ -96,7 +102,13 @@ def tune_trainable(config: dict, datasets: dict | None = None) -> None:
 
     try:
         data = (datasets or {}).get(data_key(trial))
-        run_trial(trial, report, data=data, resume_from=resume_dir)
+        try:
+            final = run_trial(trial, report, data=data, resume_from=resume_dir)
+        except Diverged as exc:  # a result, not a crash: FAILED, tagged, and not retried (it would diverge again)
+            tracking.mark_diverged(c, run_id, exc.epoch, exc.loss)
+            tune.report({"diverged": 1.0, "epoch": float(exc.epoch), "mlflow_run_id": run_id})
+            return
+        tracking.mark_degenerate(c, run_id, final)
         if audit_dir is not None:
             log_audit(c, run_id, trial, audit, audit_dir, resume_dir, data)
     except BaseException:
