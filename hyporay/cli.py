@@ -83,7 +83,7 @@ def cmd_eval(args) -> int:
     cfg_attack = state["config"]["eval"]["attack"]
     spec = AttackSpec(norm=args.norm or cfg_attack["norm"],
                       eps=args.eps if args.eps is not None else cfg_attack["eps"],
-                      steps=args.steps or cfg_attack["steps"], step_size=args.step_size,
+                      steps=cfg_attack["steps"] if args.steps is None else args.steps, step_size=args.step_size,
                       restarts=args.restarts, random_start=args.random_start, best_iterate=args.best_iterate)
     device = resolve_device(args.device)
     model, cfg = model_from_checkpoint(state, device)
@@ -167,7 +167,8 @@ def cmd_audit(args) -> int:
     a = state["config"]["eval"]["attack"]
     step_size = args.step_size if args.step_size is not None else (a["step_size"] if args.eps is None else None)
     spec = AttackSpec(norm=args.norm or a["norm"], eps=a["eps"] if args.eps is None else args.eps,
-                      steps=args.steps or a["steps"], step_size=step_size, restarts=args.restarts or a["restarts"],
+                      steps=a["steps"] if args.steps is None else args.steps, step_size=step_size,
+                      restarts=a["restarts"] if args.restarts is None else args.restarts,
                       random_start=args.random_start or a["random_start"],
                       best_iterate=args.best_iterate or a["best_iterate"])
     tol = Tolerances(**{f.name: getattr(args, f"tol_{f.name}") for f in fields(Tolerances)})
