@@ -36,6 +36,7 @@ def _table(metrics: dict, title: str) -> str:
 
 def cmd_train(args) -> int:
     from hyporay import metrics as M
+    from hyporay import provenance
     from hyporay.config import load_config
     from hyporay.experiment import CHECKPOINT_FILE, Diverged, run_trial, write_diverged
 
@@ -62,6 +63,8 @@ def cmd_train(args) -> int:
     if metrics.get(M.DEGENERATE):
         print(f"\ndegenerate model ({_degenerate_reason(metrics)}): its attack-based numbers are NaN, not results")
     print(f"\nwrote {out / 'metrics.json'}, {out / 'config.yaml'} and {out / CHECKPOINT_FILE}")
+    print(f"code: {provenance.describe(provenance.code())}; config sha256 "
+          f"{provenance.config_hash(cfg.model_dump())[:12]}")
     return 0
 
 

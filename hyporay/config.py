@@ -63,9 +63,17 @@ class DataConfig(_Strict):
     subset_train: int | None = Field(None, ge=1)
     subset_test: int | None = Field(None, ge=1)
     test_fraction: float = Field(0.3, gt=0, lt=1)
-    split_seed: int = Field(0, ge=0, description="seed of the train/test split and subsets (fixed across "
-                                                 "trial seeds, so every trial of a sweep sees the same test set)")
+    split_seed: int | Literal["trial"] = Field(0, description="seed of the train/test split and subsets: a number "
+                                               "(fixed across trial seeds, so every trial of a sweep sees the same "
+                                               "test set) or 'trial' (the trial's seed: a split per seed)")
     cache_dir: str | None = Field(None, description="generated training sets; None = <root>/hyporay-cache")
+
+    @field_validator("split_seed")
+    @classmethod
+    def _split_seed(cls, v):
+        if isinstance(v, int) and v < 0:
+            raise ValueError(f"must be an integer >= 0 or 'trial', got {v}")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -158,6 +166,8 @@ class EvalConfig(_Strict):
 
 
 class TrialConfig(_Strict):
+    imports: list[str] = Field(default_factory=list, description="modules (names or .py paths) that register your "
+                               "own data sets / models; imported before the names are checked, in every process")
     name: str = "trial"
     seed: int = Field(0, ge=0)
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
@@ -167,6 +177,23 @@ class TrialConfig(_Strict):
     variant: VariantConfig = Field(default_factory=VariantConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _import_plugins(cls, data):
+        # before the nested configs check data.name / model.name against the registries
+        if isinstance(data, dict) and data.get("imports"):
+            from hyporay.plugins import import_plugins
+
+            imports = data["imports"]
+            if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):
+                raise ValueError(f"imports: must be a list of module names or .py paths, got {imports!r}")
+            import_plugins(imports)
+        return data
+
+    def data_seed(self) -> int:
+        """The seed of the train/test split and subsets (``data.split_seed``, or the trial's seed for 'trial')."""
+        return self.seed if self.data.split_seed == "trial" else int(self.data.split_seed)
 
     @field_validator("device")
     @classmethod

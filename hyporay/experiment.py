@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from hyporay import metrics as M
+from hyporay import provenance
 from hyporay.config import ConfigError, TrialConfig, load_config
 from hyporay.data import Dataset, iterate_batches, load_dataset
 from hyporay.models import build_model
@@ -82,7 +83,7 @@ def resolve_device(name: str) -> torch.device:
 def load_trial_data(cfg: TrialConfig) -> Dataset:
     """The trial's data set (train/test split from the seed), with the eval subset applied."""
     d = cfg.data
-    return load_dataset(d.name, root=d.root, seed=d.split_seed, download=d.download, subset_train=d.subset_train,
+    return load_dataset(d.name, root=d.root, seed=cfg.data_seed(), download=d.download, subset_train=d.subset_train,
                         subset_test=d.subset_test, test_fraction=d.test_fraction)
 
 
@@ -158,6 +159,7 @@ def save_checkpoint(path: Path, cfg: TrialConfig, trainer: Trainer, ds: Dataset,
         "dataset": {"name": ds.name, "in_shape": list(ds.in_shape), "num_classes": ds.num_classes,
                     "mean": list(ds.mean), "std": list(ds.std)},
         "metrics": {k: float(v) for k, v in metrics.items()},
+        "provenance": provenance.of_trial(cfg.model_dump()),
     }
     path.mkdir(parents=True, exist_ok=True)
     tmp = path / (CHECKPOINT_FILE + ".tmp")
@@ -297,14 +299,16 @@ def write_diverged(out: str | Path, cfg: TrialConfig, exc: Diverged) -> None:
     """metrics.json of a diverged trial: the fact and the epoch, no risk (they would not mean anything)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "metrics.json", {DIVERGED: 1.0, EPOCH: float(exc.epoch), "train_loss": exc.loss})
+    _write_json(out / "metrics.json", {DIVERGED: 1.0, EPOCH: float(exc.epoch), "train_loss": exc.loss,
+                                       "provenance": provenance.of_trial(cfg.model_dump())})
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
 
 
 def _checkpoint_and_report(cfg, trainer, ds, metrics, report, checkpoint_dir) -> None:
     if checkpoint_dir is not None:
         save_checkpoint(Path(checkpoint_dir), cfg, trainer, ds, metrics)
-        _write_json(Path(checkpoint_dir) / "metrics.json", metrics)
+        _write_json(Path(checkpoint_dir) / "metrics.json",
+                    {**metrics, "provenance": provenance.of_trial(cfg.model_dump())})
         (Path(checkpoint_dir) / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     if report is None:
         return

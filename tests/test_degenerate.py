@@ -75,7 +75,9 @@ def test_cli_train_of_a_diverging_config_exits_1_with_the_fact_not_risks(tmp_pat
     err = capsys.readouterr().err
     assert code == 1 and "diverged at epoch 1" in err and "Traceback" not in err
     metrics = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    prov = metrics.pop("provenance")
     assert metrics == {"diverged": 1.0, "epoch": 1.0, "train_loss": None}
+    assert prov["hyporay.git_commit"] and len(prov["hyporay.config_sha256"]) == 64
 
 
 def _config(tmp_path):

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from hyporay import provenance
 from hyporay.cliutil import OneLineParser, run_user_command
 from hyporay.config import ConfigError, load_config, merge, parse_overrides
 from hyporay.sweep import frontier as F
@@ -70,16 +71,33 @@ def name_keys(defn: SweepDefinition) -> list[str]:
 
 # --- profiles -------------------------------------------------------------------------------------------
 
+def is_profile_path(name: str) -> bool:
+    return name.endswith((".yaml", ".yml")) or "/" in name or "\\" in name
+
+
+def profile_name(ref: str) -> str:
+    """The name a profile goes by (experiment and run names): ``local``, or a profile file's stem."""
+    return Path(ref).stem if is_profile_path(ref) else ref
+
+
 def load_profile(configs_dir: Path, name: str) -> dict:
-    path = configs_dir / f"{name}.yaml"
+    """A profile by name (``sweeps/configs/<name>.yaml``) or by path (``--profile my/profile.yaml``)."""
+    path = Path(name).expanduser() if is_profile_path(name) else configs_dir / f"{name}.yaml"
     if not path.is_file():
+        if is_profile_path(name):
+            raise ConfigError(f"profile: no file {name}")
         known = ", ".join(sorted(p.stem for p in configs_dir.glob("*.yaml")))
-        raise ConfigError(f"profile: unknown {name!r}; known: auto, {known}")
-    prof = yaml.safe_load(path.read_text()) or {}
+        raise ConfigError(f"profile: unknown {name!r}; known: auto, {known}, or a path to a profile .yaml")
+    try:
+        prof = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"profile: {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(prof, dict):
+        raise ConfigError(f"profile: {path} must hold a mapping (description, trial, seeds, resources, sweep)")
     unknown = set(prof) - {"description", "trial", "seeds", "resources", "sweep"}
     if unknown:
-        raise ConfigError(f"profile {name}: unknown key {sorted(unknown)[0]!r}; known: description, trial, seeds, "
-                          "resources, sweep")
+        raise ConfigError(f"profile {profile_name(name)}: unknown key {sorted(unknown)[0]!r}; known: description, "
+                          "trial, seeds, resources, sweep")
     return prof
 
 
@@ -118,14 +136,34 @@ def build_trials(base: dict, axes: list[Axis], values: dict[str, list], seeds: l
 
 
 def absolute_paths(trial_base: dict, workdir: Path) -> dict:
-    """Ray runs trials in other working directories: make data paths absolute on the driver."""
+    """Ray runs trials in other working directories: make data paths and ``imports`` files absolute on the
+    driver."""
+    def absolute(p: str) -> str:
+        q = Path(p).expanduser()
+        return str(q if q.is_absolute() else (workdir / q).resolve())
+
     data = dict(trial_base.get("data", {}))
-    root = Path(data.get("root", "data")).expanduser()
-    data["root"] = str(root if root.is_absolute() else (workdir / root).resolve())
+    data["root"] = absolute(data.get("root", "data"))
     if data.get("cache_dir"):
-        cd = Path(data["cache_dir"]).expanduser()
-        data["cache_dir"] = str(cd if cd.is_absolute() else (workdir / cd).resolve())
-    return {**trial_base, "data": data}
+        data["cache_dir"] = absolute(data["cache_dir"])
+    out = {**trial_base, "data": data}
+    if isinstance(trial_base.get("imports"), list):
+        from hyporay.plugins import _is_path
+
+        out["imports"] = [absolute(i) if isinstance(i, str) and _is_path(i) else i for i in trial_base["imports"]]
+    return out
+
+
+def with_plugins(trials: list[dict]) -> list[dict]:
+    """Each trial's ``imports`` completed with the modules that registered the data set and models it names
+    (a data set registered in the sweep's own script reaches the Ray workers without a flag)."""
+    from hyporay.plugins import needed_for
+
+    out = []
+    for t in trials:
+        need = [m for m in needed_for(t) if m not in (t.get("imports") or [])]
+        out.append({**t, "imports": [*(t.get("imports") or []), *need]} if need else t)
+    return out
 
 
 # --- command line ---------------------------------------------------------------------------------------
@@ -133,8 +171,9 @@ def absolute_paths(trial_base: dict, workdir: Path) -> dict:
 def build_parser(defn: SweepDefinition) -> argparse.ArgumentParser:
     p = OneLineParser(prog=f"sweeps/{defn.name}.py", description=defn.description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--profile", default="auto", help="auto | local | paper | a YAML name under sweeps/configs/; "
-                                                     "auto = paper when the Ray cluster has GPUs, else local")
+    p.add_argument("--profile", default="auto", help="auto | local | paper | a YAML name under sweeps/configs/ | a "
+                                                     "path to a profile .yaml; auto = paper when the Ray cluster has "
+                                                     "GPUs, else local")
     for a in defn.axes:
         if a.flag:
             p.add_argument(a.flag, help=a.help + " (comma-separated; default: the profile's)")
@@ -250,8 +289,8 @@ def _configs_dir() -> Path:
 
 def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
     workdir = Path.cwd()
-    if args.profile not in PROFILES and not (configs_dir / f"{args.profile}.yaml").is_file():
-        load_profile(configs_dir, args.profile)  # raises the one-line error listing the known ones
+    if args.profile not in PROFILES:
+        load_profile(configs_dir, args.profile)  # a missing or malformed profile: one line, now
     # on a cluster both come from the environment cluster.yaml sets up (one place for each)
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(workdir)
     raw_storage = args.storage_path or os.environ.get("HYPORAY_STORAGE_PATH") or "hyporay_runs"
@@ -274,11 +313,15 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
     import torch
 
     if resumed:
-        profile, why = resumed["profile"], f"the profile of the resumed sweep {resumed['name']}"
+        profile_ref = resumed.get("profile_ref", resumed["profile"])
+        why = f"the profile of the resumed sweep {resumed['name']}"
     else:
-        profile, why = choose_profile(args.profile, info, torch.cuda.device_count())
+        profile_ref, why = choose_profile(args.profile, info, torch.cuda.device_count())
+        if is_profile_path(profile_ref):
+            profile_ref = str(Path(profile_ref).expanduser().resolve())
+    profile = profile_name(profile_ref)
     _say(f"profile: {profile} ({why})")
-    prof = load_profile(configs_dir, profile)
+    prof = load_profile(configs_dir, profile_ref)
 
     # 2. the trials, all validated before any work
     sweep_defaults: dict = {}
@@ -305,6 +348,7 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
     else:
         trials = [load_config(t).model_dump() for t in defn.grid(base, values, list(range(n_seeds)), profile)]
         trials = list({json.dumps(t, sort_keys=True, default=str): t for t in trials}.values())
+    trials = with_plugins(trials)
     res_prof = prof.get("resources", {})
     cpus = args.cpus_per_trial or res_prof.get("cpus_per_trial", 1)
     gfrac = args.gpu_fraction or res_prof.get("gpu_fraction", 1.0)
@@ -350,7 +394,8 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
         c = tracking.client(tracking_uri)
         parent = tracking.retry(c.create_run, exp_id, run_name=run_dir_name, tags={
             tracking.ROLE_TAG: "sweep", tracking.SWEEP_TAG: defn.name, "profile": profile,
-            **({tracking.FRONTIER_LABEL_TAG: defn.label_key} if defn.frontier else {}), **defn.tags})
+            **({tracking.FRONTIER_LABEL_TAG: defn.label_key} if defn.frontier else {}), **defn.tags,
+            **tracking.provenance_tags(provenance.code()), provenance.CONFIG: provenance.plan_hash(trials)})
         parent_id = parent.info.run_id
         tracking.log_params(c, parent_id, {"sweep": defn.name, "profile": profile, "n_trials": len(trials),
                                            "seeds": n_seeds, **{f"axis.{k}": v for k, v in values.items()},
@@ -373,6 +418,7 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
     else:
         _write_state(storage, run_dir_name, {"name": run_dir_name, "sweep": defn.name, "profile": profile,
+                                             "profile_ref": profile_ref, "command": command_line(),
                                              "experiment": experiment, "experiment_id": exp_id,
                                              "parent_run_id": parent_id, "tracking_uri": tracking_uri,
                                              "trials": trials})
@@ -433,7 +479,7 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
     if view:
         _say(f"frontier chart: {view}")
     if errors or unfinished:
-        _say(f"resume with:    python sweeps/{defn.name}.py --resume {run_dir_name}")
+        _say(f"resume with:    {resume_command(run_dir_name, args)}")
     return 130 if unfinished else 1 if errors else 0
 
 
@@ -457,6 +503,25 @@ def load_and_check(trials: list[dict]) -> dict:
             make_model(cfg, ds)
             built.add(arch)
     return datasets
+
+
+def command_line() -> str:
+    """The command this process was started with, as a user would retype it from the same directory."""
+    import shlex
+
+    return "python " + shlex.join(sys.argv)
+
+
+def resume_command(name: str, args) -> str:
+    """``python <the script that ran> --resume NAME`` (+ the storage and tracking flags it was given): runs as
+    printed from the directory the sweep was started in, whichever script started it."""
+    import shlex
+
+    extra = []
+    for flag, value in (("--storage-path", args.storage_path), ("--tracking-uri", args.tracking_uri)):
+        if value:
+            extra += [flag, value]
+    return "python " + shlex.join([sys.argv[0], "--resume", name, *extra])
 
 
 def _write_state(storage: str, name: str, state: dict) -> None:

@@ -160,6 +160,30 @@ def find_or_create_child(c, experiment_id: str, parent_id: str, trial_key: str, 
     return run.info.run_id
 
 
+MIXED_TAG = "hyporay.provenance_mixed"   # a run continued on other code than it started with: what, in order
+
+
+def provenance_tags(prov: dict) -> dict[str, str]:
+    """hyporay's provenance as MLflow tags, plus MLflow's own ``mlflow.source.git.commit`` (shown in the UI)."""
+    from hyporay import provenance
+
+    tags = {k: str(v) for k, v in prov.items()}
+    if not str(prov.get(provenance.COMMIT, "unknown")).startswith("unknown"):
+        tags["mlflow.source.git.commit"] = str(prov[provenance.COMMIT])
+    return tags
+
+
+def note_code_change(c, run, prov_tags: dict) -> None:
+    """When a run restarts (retry, --resume) on code other than the one it started on, tag it mixed."""
+    from hyporay import provenance
+
+    old = run.data.tags
+    keys = (provenance.COMMIT, provenance.DIFF)
+    if all(k in old for k in keys) and any(old[k] != prov_tags.get(k) for k in keys):
+        before = old.get(MIXED_TAG) or provenance.describe(old)
+        retry(c.set_tag, run.info.run_id, MIXED_TAG, f"{before} then {provenance.describe(prov_tags)}"[:5000])
+
+
 def is_final(run) -> bool:
     """A trial run that is a result already: FINISHED, or FAILED because it diverged."""
     return run.info.status == "FINISHED" or (run.info.status == "FAILED"

@@ -25,7 +25,7 @@ def test_reduced_reproduction_writes_every_section_and_a_verdict_per_claim(tmp_p
          "--set", "variant.steps=10", "--set", "variant.source_epochs=2", "--bootstrap", "200", "--out", str(out)],
         cwd=tmp_path, env=sweep_env(), capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "trials: 11 finished, 0 failed, 0 not finished" in r.stdout
+    assert "trials: 11 finished, 0 diverged, 0 failed, 0 not finished" in r.stdout
     text = (out / "report.md").read_text()
     for s in SECTIONS:
         assert s in text, s
