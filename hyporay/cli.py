@@ -106,8 +106,8 @@ def cmd_frontier(args) -> int:
     """Rebuild a sweep's frontier artefacts from its MLflow runs (finished or interrupted sweep)."""
     from mlflow.exceptions import MlflowException
 
-    from hyporay.sweep import frontier as F
-    from hyporay.sweep import tracking
+    from hyporay.analysis import frontier as F
+    from hyporay.engine import tracking
 
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(Path.cwd())
     tracking.check_reachable(uri)
@@ -135,7 +135,7 @@ def cmd_frontier(args) -> int:
     print()
     print(F.table(fr.points) if fr.points else "no finished trial runs yet: the frontier is empty")
     print()
-    from hyporay.sweep.reports import describe_left_out
+    from hyporay.analysis.tables import describe_left_out
 
     left = describe_left_out(fr.left_out)
     print(f"frontier from {n_rows} finished run(s) in {len(fr.points)} point(s)"
@@ -149,7 +149,7 @@ def cmd_frontier(args) -> int:
 
 
 def _latest_parent(c, experiment_id: str, name: str) -> str:
-    from hyporay.sweep import tracking
+    from hyporay.engine import tracking
 
     found = tracking.retry(c.search_runs, [experiment_id], filter_string=f"tags.`{tracking.ROLE_TAG}` = 'sweep'",
                            order_by=["attributes.start_time DESC"], max_results=1)
@@ -252,7 +252,7 @@ def _add_audit_parser(sub, fmt) -> None:
 
 
 def cmd_validate_cluster(args) -> int:
-    from hyporay.cluster_config import run
+    from hyporay.cluster.validate import run
 
     return run(args.files)
 

@@ -38,7 +38,7 @@ def hyporay(argv, cwd):
 
 
 def sweep(script: str):
-    from hyporay.sweep import main
+    from hyporay.engine import main
 
     defn = runpy.run_path(str(SWEEPS / f"{script}.py"), run_name="bad_input_test")["SWEEP"]
     return lambda argv: main(defn, argv, configs_dir=SWEEPS / "configs")

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from hyporay import metrics as M
-from hyporay.sweep import frontier as F
-from hyporay.sweep import reports as R
+from hyporay.analysis import frontier as F
+from hyporay.analysis import tables as R
 
 X, Y = M.NATURAL_RISK, M.HYPOCRITICAL_RISK
 
@@ -311,7 +311,7 @@ def test_convergence_verdict_flags_a_stronger_attack_that_helps():
 # --- ``hyporay frontier`` on a small MLflow store -------------------------------------------------------
 
 def _child(c, exp_id, parent_id, trainer, lam, risks, status="FINISHED"):
-    from hyporay.sweep import tracking
+    from hyporay.engine import tracking
 
     run = c.create_run(exp_id, run_name=f"{trainer}-{lam}", tags={tracking.PARENT_TAG: parent_id,
                                                                    tracking.ROLE_TAG: "trial"})
@@ -326,7 +326,7 @@ def _child(c, exp_id, parent_id, trainer, lam, risks, status="FINISHED"):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from hyporay.sweep import tracking
+    from hyporay.engine import tracking
 
     d = tmp_path_factory.mktemp("mlflow")
     uri = tracking.default_tracking_uri(d)
@@ -346,7 +346,7 @@ def store(tmp_path_factory):
 
 def test_cli_frontier_rebuilds_from_the_latest_parent(store, tmp_path, capsys):
     from hyporay.cli import main
-    from hyporay.sweep import tracking
+    from hyporay.engine import tracking
 
     out = tmp_path / "fr"
     assert main(["frontier", "--experiment", "thrm_lambda-local", "--tracking-uri", store.uri, "--out",

@@ -72,7 +72,7 @@ def test_paper_profile_dry_run(tmp_path):
 
 def test_reproduction_grid_parts_and_paper_exceptions():
     sys.path.insert(0, str(ROOT))
-    from hyporay.sweep.reproduction import grid, parts_of
+    from hyporay.paper.reproduction import grid, parts_of
 
     base = {"data": {"name": "digits"}, "model": {"name": "mlp"}, "train": {"epochs": 3}}
     vals = {"train.lam": [0, 10], "model.name": ["mlp", "cnn"], "variant.name": ["noise", "quality"]}

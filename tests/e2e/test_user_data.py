@@ -19,7 +19,7 @@ import sys
 import torch
 
 from hyporay.data import register_dataset
-from hyporay.sweep import main
+from hyporay.engine import main
 
 
 @register_dataset("only_in_this_test")

@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hyporay import metrics as M
-from hyporay.sweep import tracking
 
 X, Y = M.NATURAL_RISK, M.HYPOCRITICAL_RISK
 DEFAULT_LABEL = "train.lam"
@@ -228,7 +227,7 @@ def rows_from_runs(runs, label_key: str = DEFAULT_LABEL) -> tuple[list[dict], Co
     and the run id. Unfinished, diverged and degenerate runs are left out (``reports.final_rows``), and so are
     runs without both risks (a model without mistakes: ``no mistakes``).
     """
-    from hyporay.sweep.reports import final_rows
+    from hyporay.analysis.tables import final_rows
 
     rows = []
     finals, left_out = final_rows(runs)
@@ -270,6 +269,8 @@ def build(runs, out_dir: str | Path, title: str, label_key: str = DEFAULT_LABEL)
 def publish(c, tracking_uri: str, experiment_id: str, parent_id: str, runs, artefacts) -> str | None:
     """Log ``artefacts`` to the parent run and rewrite the experiment's shared frontier chart (when the runs
     logged the risks); returns the chart's link or None."""
+    from hyporay.engine import tracking
+
     for a in artefacts:
         tracking.retry(c.log_artifact, parent_id, str(a))
     metric_keys = sorted({k for r in runs for k in r.data.metrics})
@@ -287,6 +288,8 @@ def rebuild_for_parent(tracking_uri: str, experiment_id: str, parent_id: str, ou
     else ``train.lam``. Logs the artefacts to the parent run and rewrites the shared chart; returns the
     frontier and the chart's link.
     """
+    from hyporay.engine import tracking
+
     c = tracking.client(tracking_uri)
     parent = tracking.retry(c.get_run, parent_id)
     tags = parent.data.tags

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from hyporay import provenance
-from hyporay.sweep import tracking
+from hyporay.engine import tracking
 
 
 def trial_key(trial: dict) -> str:

@@ -24,11 +24,11 @@ import yaml
 from hyporay import provenance
 from hyporay.cliutil import OneLineParser, run_user_command
 from hyporay.config import ConfigError, load_config, merge, parse_overrides
-from hyporay.sweep import frontier as F
-from hyporay.sweep import tracking
-from hyporay.sweep.cluster import (ClusterInfo, bind_loopback_if_local, cluster_info, init_ray, joins_cluster,
+from hyporay.analysis import frontier as F
+from hyporay.engine import tracking
+from hyporay.cluster.resources import (ClusterInfo, bind_loopback_if_local, cluster_info, init_ray, joins_cluster,
                                    shutdown_ray, trial_resources)
-from hyporay.sweep.trainable import data_key, run_name, tune_trainable
+from hyporay.engine.trainable import data_key, run_name, tune_trainable
 
 STATE_FILE = "hyporay_sweep.json"
 PROFILES = ("auto", "local", "paper")
