@@ -91,7 +91,8 @@ def compile_unavailable(backend, device: torch.device) -> str | None:
     try:
         import torch._dynamo as dynamo
 
-        if not dynamo.is_dynamo_supported():
+        supported = getattr(dynamo, "is_dynamo_supported", None)  # absent in some older releases: no pre-check
+        if supported is not None and not supported():
             return "TorchDynamo does not support this Python version or platform"
     except Exception as exc:  # noqa: BLE001  (a broken install: report it in one line, train eagerly)
         return f"TorchDynamo unavailable ({type(exc).__name__}: {exc})".splitlines()[0]
