@@ -55,10 +55,11 @@ POISON_SOURCE_EPOCHS, POISON_STEPS = 10, 100  # hyporay.variants defaults: sourc
 MODES = {
     "gpu": dict(device="cuda", in_shape=(3, 32, 32), batch=128, steps=PAPER_TRAIN_STEPS, eval_steps=PAPER_EVAL_STEPS,
                 model="resnet18", warm=3, timed=25, model_warm=2, model_timed=10, eval_n=2000, eval_targeted_n=500,
-                eval_batch=512, shares=(1, 2, 4), compile_backend="inductor", compile_timeout=240, budget=285),
+                eval_batch=512, shares=(1, 2, 4), share_timed=50, compile_backend="inductor", compile_timeout=240,
+                budget=285),
     "cpu-tiny": dict(device="cpu", in_shape=(3, 8, 8), batch=8, steps=2, eval_steps=2, model="cnn", warm=1,
                      timed=2, model_warm=1, model_timed=1, eval_n=16, eval_targeted_n=8, eval_batch=8,
-                     shares=(1, 2), compile_backend="eager", compile_timeout=120, budget=120),
+                     shares=(1, 2), share_timed=2, compile_backend="eager", compile_timeout=120, budget=120),
 }
 
 # (label, settings) of the THRM rows; the first is the baseline of the speed-up column
@@ -436,8 +437,8 @@ def run(mode_name: str, out: Path, budget_s: float | None, skip_compile: bool) -
     if left() < 40:
         result["skipped"].append("sharing: time budget")
     else:
-        shares = measure_sharing({**paper_spec, "compile": False}, mode["shares"], mode_name,
-                                 timeout=min(200.0, left() - 5))
+        shares = measure_sharing({**paper_spec, "compile": False, "timed": mode["share_timed"]}, mode["shares"],
+                                 mode_name, timeout=min(200.0, left() - 5))
     for s in shares:
         k = s["k"]
         print("  " + (f"{k} trial(s) per device: skipped ({s['skipped']})" if "skipped" in s else

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -320,9 +321,10 @@ def test_bench_cpu_tiny_runs_and_imports_only_the_core(tmp_path):
     out = tmp_path / "tiny.json"
     p = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "bench" / "gpu_epoch.py"), "--cpu-tiny",
                         "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""})
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""})
     assert p.returncode == 0, p.stderr[-3000:]
-    imported = {ln.split("|")[-1].strip().split(".")[0] for ln in p.stderr.splitlines() if ln.startswith("import time:")}
+    imported = {ln.split("|")[-1].strip().split(".")[0] for ln in p.stderr.splitlines()
+                if ln.startswith("import time:")}
     assert "torch" in imported and "hyporay" in imported
     assert not imported & set(bench.FORBIDDEN)
     r = json.loads(out.read_text())
