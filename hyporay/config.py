@@ -137,7 +137,13 @@ class TrainConfig(_Strict):
     gamma: float = Field(0.1, gt=0)
     augment: bool = False
     amp: bool = False
+    amp_dtype: Literal["auto", "bfloat16", "float16"] = Field(
+        "auto", description="autocast dtype; auto = bfloat16 where native (CPU, CUDA compute capability >= 8), "
+                            "else float16 with a GradScaler")
     channels_last: bool = False
+    compile: bool = Field(False, description="torch.compile the model for training; drops each epoch's last "
+                                             "partial batch (static shapes); one logged line and eager "
+                                             "training where compilation is unavailable")
     concat_forward: bool = Field(True, description="one forward on cat(x, x') (False-Friends code)")
     attack: AttackConfig = Field(default_factory=AttackConfig)
 

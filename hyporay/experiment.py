@@ -23,6 +23,7 @@ from hyporay import metrics as M
 from hyporay import provenance
 from hyporay.config import ConfigError, TrialConfig, load_config
 from hyporay.data import Dataset, iterate_batches, load_dataset
+from hyporay.data.core import place
 from hyporay.models import build_model
 from hyporay.trainers import OptimConfig, Trainer
 
@@ -115,8 +116,9 @@ def make_trainer(cfg: TrialConfig, model: torch.nn.Module, device: torch.device)
     return Trainer(model, loss=t.trainer, attack=t.attack.spec(), lam=t.lam,
                    optim=OptimConfig(lr=t.effective_lr, momentum=t.momentum, weight_decay=t.weight_decay,
                                      milestones=t.milestones, gamma=t.gamma),
-                   batch_size=t.batch_size, augment=t.augment, amp=t.amp, channels_last=t.channels_last,
-                   concat_forward=t.concat_forward, device=device, seed=cfg.seed)
+                   batch_size=t.batch_size, augment=t.augment, amp=t.amp, amp_dtype=t.amp_dtype,
+                   channels_last=t.channels_last, compile=t.compile, concat_forward=t.concat_forward,
+                   device=device, seed=cfg.seed)
 
 
 def evaluate_model(cfg: TrialConfig, model: torch.nn.Module, ds: Dataset, device: torch.device,
@@ -253,6 +255,8 @@ def run_trial(config: TrialConfig | dict | str | Path, report: Report | None = N
         resumed = load_checkpoint(resume_from, map_location=device)
         check_resumable(_saved_config(resumed), cfg)
     x_train, y_train = training_set(cfg, ds, device)
+    if device.type == "cuda":  # GPU-first: the data sets live on the GPU (uint8 stays uint8), batched there
+        x_train, y_train, ds = place(x_train, device), place(y_train, device), ds.to(device, train=False)
     model = make_model(cfg, ds)
     trainer = make_trainer(cfg, model, device)
     if resumed is not None:
