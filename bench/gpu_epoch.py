@@ -260,7 +260,7 @@ def measure_sharing(spec: dict, shares, mode_name: str, timeout: float) -> list[
 def reproduce_trials(models=PAPER_MODELS, variants=PAPER_VARIANTS, lambdas=PAPER_LAMBDAS, model3: str = "resnet18",
                      seeds: int = 1) -> list[tuple]:
     """What ``sweeps/reproduce.py --profile paper`` trains: (seed, variant, model, trainer, λ, targeted eval) per
-    trial, identical trials once. Mirrors ``hyporay.sweep.reproduction.grid`` (which needs pydantic, so it is not
+    trial, identical trials once. Mirrors ``hyporay.paper.reproduction.grid`` (which needs pydantic, so it is not
     imported here); tests/test_gpu_path.py checks that the two agree."""
     out = []
     for seed in range(seeds):
