@@ -260,14 +260,16 @@ def measure_sharing(spec: dict, shares, mode_name: str, timeout: float) -> list[
 def reproduce_trials(models=PAPER_MODELS, variants=PAPER_VARIANTS, lambdas=PAPER_LAMBDAS, model3: str = "resnet18",
                      seeds: int = 1) -> list[tuple]:
     """What ``sweeps/reproduce.py --profile paper`` trains: (seed, variant, model, trainer, λ, targeted eval) per
-    trial, identical trials once. Mirrors ``hyporay.paper.reproduction.grid`` (which needs pydantic, so it is not
+    trial, identical trials once. Mirrors the engine's plan of ``sweeps/reproduce.py`` (which needs pydantic, so it is not
     imported here); tests/test_gpu_path.py checks that the two agree."""
     out = []
     for seed in range(seeds):
         out += [(seed, v, m, "natural", 0.0, True) for v in variants for m in models]      # Tables 1-2, Fig. 3
         out += [(seed, v, model3, t, lam, True) for v in ("quality", "poisoning")          # Table 3
                 for t, lam in (("natural", 0.0), ("pgd_at", 0.0), ("trades", 6.0))]
-        out += [(seed, "quality", model3, t, float(lam), False) for t in ("trades", "thrm") for lam in lambdas]
+        # Fig. 4: TRADES/THRM over λ; λ = 0 is natural training, planned once (its run feeds both curves)
+        out += [(seed, "quality", model3, t if lam else "natural", float(lam), False) for t in ("trades", "thrm")
+                for lam in lambdas]
     return list(dict.fromkeys(out))
 
 

@@ -107,7 +107,8 @@ def cmd_frontier(args) -> int:
     from mlflow.exceptions import MlflowException
 
     from hyporay.analysis import frontier as F
-    from hyporay.engine import tracking
+    from hyporay.analysis.runs import describe_left_out
+    from hyporay.engine import publish, tracking
 
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(Path.cwd())
     tracking.check_reachable(uri)
@@ -126,25 +127,24 @@ def cmd_frontier(args) -> int:
         if parent.info.experiment_id != exp.experiment_id:
             raise tracking.TrackingError(f"--parent: run {parent_id} is not in experiment {args.experiment!r}")
         out = Path(args.out or f"frontier-{parent_id[:8]}")
-        fr, view = F.rebuild_for_parent(uri, exp.experiment_id, parent_id, out, label_key=args.label_key)
+        pts, left, paths, view, caption = publish.rebuild_for_parent(uri, exp.experiment_id, parent_id, out,
+                                                                     label_key=args.label_key)
     except MlflowException as exc:
         raise tracking.TrackingError(f"mlflow: {exc.message.splitlines()[0]}") from None
-    n_rows = sum(p.n_seeds for p in fr.points)
+    n_rows = sum(p.n_seeds for p in pts)
     print(f"experiment {args.experiment!r} (id {exp.experiment_id}), parent run {parent_id} "
           f"({parent.info.run_name}, {parent.info.status})")
     print()
-    print(F.table(fr.points) if fr.points else "no finished trial runs yet: the frontier is empty")
+    print(F.table(pts, caption=caption) if pts else "no finished trial runs yet: the frontier is empty")
     print()
-    from hyporay.analysis.tables import describe_left_out
-
-    left = describe_left_out(fr.left_out)
-    print(f"frontier from {n_rows} finished run(s) in {len(fr.points)} point(s)"
-          + (f"; left out {left} run(s)" if left else ""))
-    for a in fr.artefacts:
-        print(f"artefact:       {a} (logged to the parent run)")
-    print(f"runs:           {tracking.runs_link(uri, exp.experiment_id)}")
-    if view:
-        print(f"frontier chart: {view}")
+    left_text = describe_left_out(left)
+    print(f"frontier from {n_rows} finished run(s) in {len(pts)} point(s)"
+          + (f"; left out {left_text} run(s)" if left_text else ""))
+    for a in paths:
+        print(f"artefact:        {a} (logged to the parent run)")
+    for line in publish.links(uri, exp.experiment_id, parent_id):
+        if view is not None or not line.startswith("trade-off"):
+            print(line)
     return 0
 
 

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hyporay.attacks import AttackSpec
+from hyporay.dotted import flatten
 from hyporay.attacks.pgd import RANDOM_STARTS
 from hyporay.trainers import LOSSES
 
@@ -220,17 +221,6 @@ class TrialConfig(_Strict):
     def flat(self) -> dict[str, Any]:
         """Dotted-key view of the whole config (MLflow params, tables)."""
         return flatten(self.model_dump())
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _format(err: ValidationError) -> str:

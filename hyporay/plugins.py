@@ -21,7 +21,7 @@ from pathlib import Path
 _LOADED: dict[str, object] = {}
 
 
-def _is_path(spec: str) -> bool:
+def is_path(spec: str) -> bool:
     return spec.endswith(".py") or "/" in spec or "\\" in spec
 
 
@@ -39,7 +39,7 @@ def import_plugin(spec: str):
     if spec in _LOADED:
         return _LOADED[spec]
     try:
-        if _is_path(spec):
+        if is_path(spec):
             path = Path(spec).expanduser().resolve()
             if not path.is_file():
                 raise ValueError(f"imports: no file {spec}")

@@ -14,6 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from hyporay.dotted import flatten
+
 COMMIT = "hyporay.git_commit"          # full sha of HEAD, or "unknown (...)" outside a checkout
 DIRTY = "hyporay.git_dirty"            # "true" / "false" / "unknown"
 DIFF = "hyporay.git_diff_sha256"       # sha256 of the uncommitted changes (tracked diff + untracked files)
@@ -60,19 +62,9 @@ def code() -> dict[str, str]:
     return out | {COMMIT: commit, DIRTY: "true" if dirty else "false", DIFF: h.hexdigest() if dirty else ""}
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def identity(trial: dict) -> dict[str, Any]:
     """The dotted fields of a trial config that determine its numbers (``PLACEMENT_FIELDS`` left out)."""
-    return {k: v for k, v in sorted(_flatten(trial).items())
+    return {k: v for k, v in sorted(flatten(trial).items())
             if not any(k == f or k.startswith(f + ".") for f in PLACEMENT_FIELDS)}
 
 

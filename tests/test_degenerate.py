@@ -6,13 +6,12 @@ import math
 
 import pytest
 import torch
+from helpers import tiny_model
 
 from hyporay import metrics as M
 from hyporay.attacks import AttackSpec
 from hyporay.audit import CHECK_DEGENERATE, FLAG, PASS, run_audit
 from hyporay.experiment import Diverged, run_trial
-
-from helpers import tiny_model
 
 FAST_AUDIT = dict(eps_multiples=(0, 1), steps_grid=(1, 2), restarts_grid=(1, 2), n_single=4)
 

@@ -358,8 +358,8 @@ def test_bench_knows_what_the_paper_sweeps_train():
     reproduce grid must match the real ones (trials deduplicated as the sweep engine does)."""
     import yaml
 
-    from hyporay.config import VariantConfig, load_config
-    from hyporay.paper.reproduction import grid
+    from hyporay.config import VariantConfig
+    from hyporay.engine.run import plan
 
     bench = _bench()
     prof = yaml.safe_load((ROOT / "sweeps" / "configs" / "paper.yaml").read_text())
@@ -374,10 +374,8 @@ def test_bench_knows_what_the_paper_sweeps_train():
     spec.loader.exec_module(script)
     variants = next(a.values for a in script.SWEEP.axes if a.key == "variant.name")
     assert tuple(variants) == bench.PAPER_VARIANTS
-    trials = [load_config(t).model_dump() for t in grid(trial, {"train.lam": sweep["train.lam"], "model.name":
-                                                                sweep["model.name"], "variant.name": variants},
-                                                          [0], "paper")]
-    unique = list({json.dumps(t, sort_keys=True, default=str): t for t in trials}.values())
+    # what the engine would run for `sweeps/reproduce.py --profile paper` (identical trials once, λ = 0 shared)
+    unique = [p.config for p in plan(script.SWEEP, ["--profile", "paper"], ROOT / "sweeps" / "configs").planned]
     got = sorted((t["seed"], t["variant"]["name"], t["model"]["name"], t["train"]["trainer"], float(t["train"]["lam"]),
                   bool(t["eval"]["targeted"])) for t in unique)
     assert got == sorted(bench.reproduce_trials())

@@ -36,8 +36,8 @@ def test_config_hash_ignores_placement_and_sees_everything_else():
 
 
 def test_split_seed_trial_follows_the_seed():
-    from hyporay.experiment import load_trial_data
     from hyporay.engine.trainable import data_key
+    from hyporay.experiment import load_trial_data
 
     fixed = [load_config({"seed": s}) for s in (0, 1)]
     per_seed = [load_config({"seed": s, "data": {"split_seed": "trial"}}) for s in (0, 1)]
@@ -65,7 +65,7 @@ def test_imports_register_names_before_they_are_checked(tmp_path):
 
 
 def test_resume_hint_is_the_command_that_ran(monkeypatch):
-    from hyporay.engine.driver import resume_command
+    from hyporay.engine.publish import resume_command
 
     monkeypatch.setattr("sys.argv", ["my dir/my_sweep.py", "--profile", "local"])
     args = Namespace(storage_path="/shared/runs", tracking_uri=None)
@@ -73,7 +73,7 @@ def test_resume_hint_is_the_command_that_ran(monkeypatch):
 
 
 def test_profile_by_path_and_its_errors(tmp_path):
-    from hyporay.engine.driver import load_profile, profile_name
+    from hyporay.engine.definition import load_profile, profile_name
 
     p = tmp_path / "mine.yaml"
     p.write_text("seeds: 2\ntrial: {name: x}\n")

@@ -8,15 +8,13 @@
 """
 from __future__ import annotations
 
-import base64
+import functools
 import json
 import math
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +24,6 @@ SWEEP_TAG = "hyporay.sweep"
 ROLE_TAG = "hyporay.role"
 STATE_TAG = "hyporay.state"
 FRONTIER_LABEL_TAG = "hyporay.frontier_label"  # parent run: the trial field frontier points are labelled by
-FRONTIER_VIEW_KEY = "hyporay-frontier"
-UI_PORT = 5000
 DIVERGED_TAG = "diverged"            # "true" on a trial stopped by a non-finite training loss (run FAILED)
 DIVERGED_EPOCH_TAG = "diverged_epoch"
 DEGENERATE_TAG = "degenerate"        # "true" on a finished trial whose model is constant or non-finite
@@ -60,7 +56,7 @@ def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise TrackingError(f"tracking-uri: cannot reach {tracking_uri} ({reason}); start it with "
-                                f"`mlflow server --host 127.0.0.1 --port {UI_PORT}` or pass another "
+                                "`mlflow server --host 127.0.0.1 --port 5000` (make ui) or pass another "
                                 "--tracking-uri") from None
     elif tracking_uri.startswith("sqlite:///"):
         parent = Path(tracking_uri[len("sqlite:///"):]).parent
@@ -71,7 +67,9 @@ def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
                             "sqlite:///ABS/PATH/mlflow.db or an http:// server")
 
 
+@functools.lru_cache(maxsize=8)
 def client(tracking_uri: str):
+    """One ``MlflowClient`` per store and process (a Ray worker reused for many trials opens its store once)."""
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri)
@@ -147,17 +145,32 @@ def log_metrics(c, run_id: str, metrics: dict[str, float], step: int) -> None:
         retry(c.log_batch, run_id, metrics=items)
 
 
-def find_or_create_child(c, experiment_id: str, parent_id: str, trial_key: str, run_name: str,
-                         tags: dict[str, str]) -> str:
-    """The child run of ``parent_id`` for ``trial_key``: the existing one, else a new one."""
+def find_child(c, experiment_id: str, parent_id: str, trial_key: str):
+    """The child run of ``parent_id`` for ``trial_key``, or None."""
     found = retry(c.search_runs, [experiment_id],
                   filter_string=f"tags.`{TRIAL_KEY_TAG}` = '{trial_key}' and tags.`{PARENT_TAG}` = '{parent_id}'",
                   max_results=1)
-    if found:
-        return found[0].info.run_id
+    return found[0] if found else None
+
+
+def find_or_create_child(c, experiment_id: str, parent_id: str, trial_key: str, run_name: str,
+                         tags: dict[str, str]) -> tuple[object, bool]:
+    """(the child run of ``parent_id`` for ``trial_key``, created?): the existing one, else a new one with
+    ``tags`` (one query, and one more to create it)."""
+    found = find_child(c, experiment_id, parent_id, trial_key)
+    if found is not None:
+        return found, False
     run = retry(c.create_run, experiment_id, run_name=run_name,
                 tags={PARENT_TAG: parent_id, TRIAL_KEY_TAG: trial_key, ROLE_TAG: "trial", **tags})
-    return run.info.run_id
+    return run, True
+
+
+def set_tags(c, run_id: str, tags: dict[str, str]) -> None:
+    """Several tags in one round trip."""
+    from mlflow.entities import RunTag
+
+    if tags:
+        retry(c.log_batch, run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
 
 MIXED_TAG = "hyporay.provenance_mixed"   # a run continued on other code than it started with: what, in order
@@ -192,8 +205,7 @@ def is_final(run) -> bool:
 
 def mark_diverged(c, run_id: str, epoch: int, loss: float) -> None:
     """End a trial run that diverged: FAILED, tags ``diverged=true`` and ``diverged_epoch``, metric diverged=1."""
-    retry(c.set_tag, run_id, DIVERGED_TAG, "true")
-    retry(c.set_tag, run_id, DIVERGED_EPOCH_TAG, str(int(epoch)))
+    set_tags(c, run_id, {DIVERGED_TAG: "true", DIVERGED_EPOCH_TAG: str(int(epoch))})
     log_metrics(c, run_id, {"diverged": 1.0}, step=int(epoch))
     retry(c.set_terminated, run_id, "FAILED")
 
@@ -205,9 +217,8 @@ def mark_degenerate(c, run_id: str, metrics: dict) -> bool:
     if not metrics.get(M.DEGENERATE):
         return False
     n = int(metrics.get(M.NONFINITE_LOGITS) or 0)
-    retry(c.set_tag, run_id, DEGENERATE_TAG, "true")
-    retry(c.set_tag, run_id, "degenerate_reason", f"non-finite logits on {n} test examples" if n
-          else "logits do not depend on the input")
+    set_tags(c, run_id, {DEGENERATE_TAG: "true", "degenerate_reason": f"non-finite logits on {n} test examples"
+                         if n else "logits do not depend on the input"})
     return True
 
 
@@ -216,68 +227,3 @@ def child_runs(c, experiment_id: str, parent_id: str | None = None) -> list:
     if parent_id:
         flt += f" and tags.`{PARENT_TAG}` = '{parent_id}'"
     return retry(c.search_runs, [experiment_id], filter_string=flt, max_results=50_000)
-
-
-# --- links into the MLflow UI -------------------------------------------------------------------------
-
-def ui_base(tracking_uri: str) -> str:
-    if tracking_uri.startswith(("http://", "https://")):
-        return tracking_uri.rstrip("/")
-    return f"http://127.0.0.1:{UI_PORT}"
-
-
-# MLflow 3.17's runs table nests child runs under their parent, collapsed, whenever the runs are sorted by
-# creation time with no filter (its default): a sweep then shows as one row, and the chart view plots only
-# the visible rows (none of the trials). Any other sort order lists every run flat (reference §8).
-RUNS_ORDER_BY = "tags.`mlflow.runName`"
-
-
-def _experiment_runs(tracking_uri: str, experiment_id: str) -> str:
-    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-
-
-def runs_link(tracking_uri: str, experiment_id: str) -> str:
-    """The experiment's runs, every trial a row, in the 'Model training' view (MLflow 3.17 opens its GenAI
-    view otherwise), sorted by run name (the default sort would fold each sweep's trials under its parent)."""
-    order = urllib.parse.quote(RUNS_ORDER_BY, safe="")
-    return f"{_experiment_runs(tracking_uri, experiment_id)}&orderByKey={order}&orderByAsc=true"
-
-
-def frontier_view_link(tracking_uri: str, experiment_id: str, key: str = FRONTIER_VIEW_KEY) -> str:
-    # no search parameter (orderByKey, searchFilter, ...) here: the UI ignores a shared state when one is present
-    return f"{_experiment_runs(tracking_uri, experiment_id)}&viewStateShareKey={key}&compareRunsMode=CHART"
-
-
-def frontier_view_state(metric_keys: list[str], x: str, y: str, name: str = "hyporay trade-off frontier") -> str:
-    """MLflow 3.17's shared view state: one scatter chart of ``x`` vs ``y``, one point per run.
-
-    Internal UI format (reference §8): every other logged metric gets a hidden, deleted card so the UI
-    does not add its automatic one-chart-per-metric set; all runs are shown (default: first 10 only).
-    The state also carries the sort order of ``runs_link`` (a search facet): with the UI's default order the
-    trials are folded under their parent run, the chart has no visible run to plot, and the UI hides it
-    as empty. ``hideEmptyCharts`` is off so that a chart without points still shows as a card.
-    """
-    section = str(uuid.uuid4())
-    cards = [{"uuid": str(uuid.uuid4()), "type": "SCATTER", "xaxis": {"key": x, "type": "METRIC"},
-              "yaxis": {"key": y, "type": "METRIC"}, "runsCountToCompare": 100, "metricSectionId": section,
-              "isGenerated": False, "deleted": False}]
-    for m in sorted(set(metric_keys)):
-        cards.append({"uuid": str(uuid.uuid4()), "type": "BAR", "metricKey": m, "metricSectionId": section,
-                      "isGenerated": True, "deleted": True})
-    state = {"compareRunCharts": cards,
-             "compareRunSections": [{"uuid": section, "name": "Trade-off: natural vs hypocritical risk",
-                                     "display": True, "isReordered": False, "columns": 1, "cardHeight": 520}],
-             "runsHiddenMode": "SHOW_ALL", "hideEmptyCharts": False,
-             "orderByKey": RUNS_ORDER_BY, "orderByAsc": True}
-    packed = "deflate;" + base64.b64encode(zlib.compress(json.dumps(state).encode())).decode()
-    return json.dumps({"name": name, "createdAt": int(time.time() * 1000), "state": packed})
-
-
-def write_frontier_view(tracking_uri: str, experiment_id: str, metric_keys: list[str], x: str, y: str) -> str:
-    """Store the shared view on the experiment (after the runs' metrics are logged); returns the link."""
-    value = frontier_view_state(metric_keys, x, y)
-    if len(value) > 20_000:
-        raise TrackingError(f"frontier view: state is {len(value)} characters, MLflow allows 20000")
-    retry(client(tracking_uri).set_experiment_tag, experiment_id, f"mlflow.sharedViewState.{FRONTIER_VIEW_KEY}",
-          value)
-    return frontier_view_link(tracking_uri, experiment_id)

@@ -1,4 +1,11 @@
-"""The Ray Tune function trainable around ``run_trial``: MLflow child run, checkpoints, resume."""
+"""The Ray Tune function trainable around ``run_trial``: MLflow child run, checkpoints, resume.
+
+``config["plan"]``: the trial (``trial``: full config, validated on the driver; ``key``: its identity, which finds
+its MLflow run again after a retry or ``--resume``; ``name``: the run's name; ``tags``: what the plan knows of it);
+``config["meta"]``: tracking URI, experiment and parent run ids, tags for every run, the search's objective.
+MLflow is written in few round trips: the run found or created with all its tags, params in one batch, one batch
+of metrics per evaluation, and nothing at all for a run that is already a result.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -9,11 +16,12 @@ import tempfile
 from pathlib import Path
 
 from hyporay import provenance
+from hyporay.dotted import flatten
 from hyporay.engine import tracking
 
 
 def trial_key(trial: dict) -> str:
-    """Deterministic identity of a trial (its full config): finds its MLflow child run again."""
+    """Deterministic identity of a grid trial (its full config): finds its MLflow child run again."""
     return hashlib.sha256(json.dumps(trial, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -25,87 +33,71 @@ def data_key(trial: dict) -> str:
     return json.dumps(data, sort_keys=True)
 
 
-def run_name(trial: dict, extra_keys: list[str] | tuple[str, ...] = ()) -> str:
-    """``<trainer>-lam<λ>-<model>[-<extra>...]-seed<N>``; ``extra_keys``: dotted fields a sweep also varies
-    (shown as ``eps0.05`` for numbers, the value itself for strings, e.g. ``noise``)."""
-    t = trial.get("train", {})
-    extras = "".join(f"-{_name_part(k, _get(trial, k))}" for k in extra_keys)
-    return (f"{t.get('trainer')}-lam{t.get('lam', 0):g}-{trial.get('model', {}).get('name')}{extras}"
-            f"-seed{trial.get('seed', 0)}")
-
-
-def _get(d: dict, dotted: str):
-    for part in dotted.split("."):
-        d = d.get(part) if isinstance(d, dict) else None
-    return d
-
-
-def _name_part(key: str, value) -> str:
-    if isinstance(value, str):
-        return value
-    short = key.split(".")[-1]
-    return f"{short}{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else f"{short}{value}"
+def trial_tags(trial: dict) -> dict[str, str]:
+    return {"trainer": str(trial.get("train", {}).get("trainer")), "dataset": str(trial.get("data", {}).get("name")),
+            "architecture": str(trial.get("model", {}).get("name")),
+            "variant": str(trial.get("variant", {}).get("name", "quality")),
+            "lam": f"{float(trial.get('train', {}).get('lam', 0) or 0):g}", "seed": str(trial.get("seed", 0))}
 
 
 def tune_trainable(config: dict, datasets: dict | None = None) -> None:
-    """Run one trial inside Ray Tune.
-
-    ``config["trial"]``: the full trial config (validated on the driver); ``config["meta"]``: tracking URI,
-    experiment id, parent run id and tags. Metrics go to MLflow (per epoch, step = epoch) and to Tune with a
-    ``tune.Checkpoint`` after each evaluation; a retry or ``Tuner.restore`` resumes from the last one.
-    """
+    """Run one planned trial inside Ray Tune (see the module doc). Metrics go to MLflow (per evaluated epoch,
+    step = epoch) and to Tune with a ``tune.Checkpoint``; a retry or ``Tuner.restore`` resumes from the last."""
     import ray
     from ray import tune
 
     from hyporay.experiment import Diverged, run_trial
 
-    trial, meta = config["trial"], config["meta"]
+    plan, meta = config["plan"], config["meta"]
+    trial, key = plan["trial"], plan["key"]
     c = tracking.client(meta["tracking_uri"])
-    key = trial_key(trial)
+    node = ray.get_runtime_context().get_node_id()
     prov = tracking.provenance_tags(provenance.of_trial(trial))
-    run_id = tracking.find_or_create_child(c, meta["experiment_id"], meta["parent_run_id"], key,
-                                           run_name(trial, meta.get("name_keys", ())),
-                                           meta.get("tags", {}) | _trial_tags(trial) | prov)
-    run = tracking.retry(c.get_run, run_id)
+    tags = {**meta.get("tags", {}), **trial_tags(trial), **plan.get("tags", {}), **prov, "ray_node_id": node}
+    run, created = tracking.find_or_create_child(c, meta["experiment_id"], meta["parent_run_id"], key, plan["name"],
+                                                 tags)
+    run_id = run.info.run_id
     if tracking.is_final(run):
         # a --resume can restart a trial that had finished (or diverged) just before the interrupt: its run is a
         # result already; leave it as it is (no second end time, no re-logged epoch) and hand Tune its metrics
         tune.report({**run.data.metrics, "mlflow_run_id": run_id})
         return
-    tracking.retry(c.set_tag, run_id, "ray_node_id", ray.get_runtime_context().get_node_id())  # last node it ran on
-    tracking.note_code_change(c, run, prov)  # a retry or --resume on other code: the run is marked mixed
+    if created:
+        tracking.log_params(c, run_id, {**flatten(trial), **meta.get("params", {})})
+        last_logged = -1
+    else:
+        tracking.set_tags(c, run_id, {"ray_node_id": node})  # the last node it ran on
+        tracking.note_code_change(c, run, prov)  # a retry or --resume on other code: the run is marked mixed
+        # a trial restarted without a checkpoint recomputes epochs it already logged (bit-identically): log once
+        last_logged = max((int(m.step) for m in tracking.retry(c.get_metric_history, run_id, "epoch")), default=-1)
     resume_dir = None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         resume_dir = Path(tempfile.mkdtemp(prefix="hyporay-resume-"))
         with ckpt.as_directory() as d:
             shutil.copytree(d, resume_dir, dirs_exist_ok=True)
-        tracking.retry(c.update_run, run_id, "RUNNING")
-    else:
-        existing = tracking.retry(c.get_run, run_id).data.params
-        if not existing:
-            tracking.log_params(c, run_id, _flat(trial))
+        if run.info.status != "RUNNING":
+            tracking.retry(c.update_run, run_id, "RUNNING")
     chaos = meta.get("chaos_exit_after_epoch")
-    # A trial restarted without a checkpoint recomputes epochs it already logged (bit-identically, the
-    # trial is deterministic): log each epoch once.
-    history = tracking.retry(c.get_metric_history, run_id, "epoch")
-    last_logged = max((int(m.step) for m in history), default=-1)
-
+    objective = meta.get("objective")
     audit = meta.get("audit")  # None, or run_audit options: audit the final checkpoint (kept here)
     audit_dir = Path(tempfile.mkdtemp(prefix="hyporay-audit-")) if audit is not None else None
 
     def report(metrics: dict, checkpoint_dir: str) -> None:
         epoch = int(metrics.get("epoch", 0))
+        if objective is not None:
+            from hyporay.engine.search import Objective, objective_values
+
+            values = objective_values(metrics, Objective(**objective))
+            if values is not None:
+                metrics = {**metrics, "objective": values[0]}
         if audit_dir is not None:
             shutil.copy2(Path(checkpoint_dir) / "checkpoint.pt", audit_dir / "checkpoint.pt")
         if epoch > last_logged:
             tracking.log_metrics(c, run_id, metrics, step=epoch)
         tune.report({**metrics, "mlflow_run_id": run_id}, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
         if chaos is not None and epoch >= int(chaos["epoch"]):
-            marker = Path(chaos["marker_dir"]) / f"{key}.died"
-            if not marker.exists():  # die once, hard, like a lost worker (fault-injection for tests)
-                marker.write_text(str(epoch))
-                os._exit(1)
+            _die_once(Path(chaos["marker_dir"]) / f"{chaos.get('marker') or key}.died", epoch)
 
     try:
         data = (datasets or {}).get(data_key(trial))
@@ -126,6 +118,17 @@ def tune_trainable(config: dict, datasets: dict | None = None) -> None:
             if d is not None:
                 shutil.rmtree(d, ignore_errors=True)
     tracking.retry(c.set_terminated, run_id, "FINISHED")
+
+
+def _die_once(marker: Path, epoch: int) -> None:
+    """Fault injection for tests: the first trial to get here dies once, hard, like a lost worker."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(fd, str(epoch).encode())
+    os.close(fd)
+    os._exit(1)
 
 
 AUDIT_TAG = "audit"                  # pass | flag (| error: the audit itself crashed, see audit_error.txt)
@@ -157,18 +160,5 @@ def log_audit(c, run_id: str, trial: dict, options: dict, audit_dir: Path, resum
     (out / "audit.json").write_text(report.to_json())
     for name in ("audit.md", "audit.json"):
         tracking.retry(c.log_artifact, run_id, str(out / name))
-    tracking.retry(c.set_tag, run_id, AUDIT_TAG, report.verdict)
-    if report.flagged:
-        tracking.retry(c.set_tag, run_id, AUDIT_FLAGGED_TAG, ",".join(r.check for r in report.flagged))
-
-
-def _flat(trial: dict) -> dict:
-    from hyporay.config import flatten
-
-    return flatten(trial)
-
-
-def _trial_tags(trial: dict) -> dict[str, str]:
-    return {"trainer": str(trial.get("train", {}).get("trainer")), "dataset": str(trial.get("data", {}).get("name")),
-            "architecture": str(trial.get("model", {}).get("name")),
-            "variant": str(trial.get("variant", {}).get("name", "quality"))}
+    tracking.set_tags(c, run_id, {AUDIT_TAG: report.verdict, **({AUDIT_FLAGGED_TAG: ",".join(
+        r.check for r in report.flagged)} if report.flagged else {})})

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import listening_sockets, process_tree, sweep_env
 
 ROOT = Path(__file__).resolve().parents[2]

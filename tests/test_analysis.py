@@ -1,6 +1,6 @@
-"""Frontier and report functions on hand-made points and rows (no Ray): Pareto mask, aggregation over seeds,
-label keys, table/CSV/PNG/HTML output, the substandard table layout, the attack-convergence report, the
-metric names of the convergence grids, and ``hyporay frontier`` on a small MLflow store."""
+"""The analysis layer on hand-made runs (no Ray): one typed runs table, outcomes left out and counted, frontiers
+(means over seeds, curves, Pareto marks, each trainer's own front), tables (substandard layout, convergence),
+CSV/PNG/HTML artefacts, and ``hyporay frontier`` on a small MLflow store."""
 from __future__ import annotations
 
 import csv
@@ -11,64 +11,105 @@ import pytest
 
 from hyporay import metrics as M
 from hyporay.analysis import frontier as F
+from hyporay.analysis import reports, runs
 from hyporay.analysis import tables as R
+from hyporay.analysis.stats import pareto_mask
 
 X, Y = M.NATURAL_RISK, M.HYPOCRITICAL_RISK
 
 
-def _run(status="FINISHED", params=None, metrics=None, run_id="r", tags=None):
-    """A stand-in for an MLflow Run: only .info.status/.info.run_id and .data.params/.metrics/.tags."""
-    return SimpleNamespace(info=SimpleNamespace(status=status, run_id=run_id),
+def _run(status="FINISHED", params=None, metrics=None, run_id="r", tags=None, name=None):
+    """A stand-in for an MLflow Run: .info (status, run_id, run_name) and .data (params, metrics, tags)."""
+    return SimpleNamespace(info=SimpleNamespace(status=status, run_id=run_id, run_name=name),
                            data=SimpleNamespace(params=params or {}, metrics=metrics or {}, tags=tags or {}))
 
 
-# --- Pareto mask ---------------------------------------------------------------------------------------
-
-def test_pareto_mask_known_answers():
-    pts = [(0.1, 0.9), (0.2, 0.5), (0.3, 0.6), (0.5, 0.1), (0.2, 0.5), (0.5, 0.2)]
-    # (0.3, 0.6) is dominated by (0.2, 0.5); (0.5, 0.2) by (0.5, 0.1) (equal x, lower y); equal points do not
-    # dominate each other
-    assert F.pareto_mask(pts) == [True, True, False, True, True, False]
-
-
-def test_pareto_mask_edge_cases():
-    assert F.pareto_mask([]) == []
-    assert F.pareto_mask([(0.4, 0.4)]) == [True]
-    assert F.pareto_mask([(0.1, 0.1), (0.2, 0.2), (0.3, 0.3)]) == [True, False, False]  # one point beats all
-    assert F.pareto_mask([(0.1, 0.3), (0.2, 0.2), (0.3, 0.1)]) == [True, True, True]    # a convex front
-
-
-# --- aggregation over seeds ----------------------------------------------------------------------------
-
-def _rows():
+def _frontier_runs():
+    p = lambda trainer, lam, seed: {"train.trainer": trainer, "train.lam": str(lam), "seed": str(seed)}  # noqa: E731
     return [
-        {"trainer": "trades", "lam": 1.0, X: 0.10, Y: 0.80},
-        {"trainer": "trades", "lam": 1.0, X: 0.30, Y: 0.60},
-        {"trainer": "trades", "lam": 5.0, X: 0.20, Y: 0.50},
-        {"trainer": "thrm", "lam": 5.0, X: 0.20, Y: 0.40},
-        {"trainer": "thrm", "lam": 10.0, X: math.nan, Y: 0.30},   # NaN risk: skipped
-        {"trainer": "thrm", "lam": 20.0, X: 0.25, Y: None},       # missing risk: skipped
+        _run(params=p("trades", 1.0, 0), metrics={X: 0.10, Y: 0.80}, run_id="a"),
+        _run(params=p("trades", 1.0, 1), metrics={X: 0.30, Y: 0.60}, run_id="b"),
+        _run(params=p("trades", 5.0, 0), metrics={X: 0.20, Y: 0.50}, run_id="c"),
+        _run(params=p("thrm", 5.0, 0), metrics={X: 0.20, Y: 0.40}, run_id="d"),
+        _run(params=p("thrm", 20.0, 0), metrics={X: 0.25}, run_id="e"),            # no R_hyp(D-): no point
     ]
 
 
-def test_aggregate_mean_and_sample_std_over_seeds():
-    pts = F.aggregate(_rows())
+def _table(runs_):
+    return runs.results(runs.table(runs_))[0]
+
+
+# --- the runs table ---------------------------------------------------------------------------------------
+
+def test_runs_table_types_params_and_classifies_outcomes():
+    df = runs.table([
+        _run(params={"train.lam": "5.0", "seed": "2", "train.augment": "True", "train.milestones": "[14, 17]",
+                     "model.name": "mlp", "optuna.trial_number": "3"}, metrics={X: 0.1}, run_id="ok",
+             tags={"hyporay.parts": "t12,fig3", "hyporay.curves": "trades,thrm"}),
+        _run("RUNNING", run_id="running"),
+        _run("FAILED", run_id="crashed"),
+        _run("FAILED", run_id="nan", tags={"diverged": "true"}),
+        _run(metrics={"degenerate": 1.0}, run_id="const"),
+    ])
+    ok = df[df.run_id == "ok"].iloc[0]
+    assert ok["train.lam"] == 5.0 and ok["seed"] == 2 and ok["train.augment"] is True
+    assert ok["train.milestones"] == [14, 17] and ok["model.name"] == "mlp" and ok["optuna.trial_number"] == 3.0
+    assert ok["parts"] == ("t12", "fig3") and ok["curves"] == ("trades", "thrm")
+    assert dict(zip(df.run_id, df.outcome)) == {"ok": "result", "running": "unfinished", "crashed": "unfinished",
+                                                "nan": "diverged", "const": "degenerate"}
+    res, left = runs.results(df)
+    assert list(res.run_id) == ["ok"] and left == {"unfinished": 2, "diverged": 1, "degenerate": 1}
+    assert runs.describe_left_out(left) == "1 degenerate, 1 diverged, 2 unfinished"
+    assert runs.records(res)[0].get(Y) is None   # a run without a metric simply lacks it
+    empty = runs.table([])
+    assert empty.empty and runs.results(empty)[1] == {}
+
+
+def test_mean_std_rule():
+    assert runs.mean_std([0.1, 0.3]) == (pytest.approx(0.2), pytest.approx(math.sqrt(0.02)))  # sample std
+    assert runs.mean_std([0.5, float("nan")]) == (0.5, 0.0)                                  # NaN ignored
+    assert all(math.isnan(v) for v in runs.mean_std([]))
+
+
+def test_commits_and_one_clean_commit():
+    sha, other = "a" * 40, "b" * 40
+    clean = {"hyporay.git_commit": sha, "hyporay.git_dirty": "false", "hyporay.git_diff_sha256": ""}
+    df = runs.table([_run(tags=clean, run_id="1"), _run(tags=clean, run_id="2")])
+    assert runs.one_clean_commit(df) == sha and runs.commits(df) == {f"commit {sha[:12]}": 2}
+    dirty = {**clean, "hyporay.git_dirty": "true", "hyporay.git_diff_sha256": "f" * 64}
+    mixed = runs.table([_run(tags=clean), _run(tags=dirty), _run(tags={**clean, "hyporay.git_commit": other})])
+    assert runs.one_clean_commit(mixed) is None and len(runs.commits(mixed)) == 3
+    assert runs.one_clean_commit(runs.table([_run()])) is None  # no provenance recorded: never claimed clean
+
+
+# --- frontier -----------------------------------------------------------------------------------------------
+
+def test_points_mean_and_sample_std_over_seeds():
+    pts = F.points(_table(_frontier_runs()))
     assert [(p.trainer, p.label) for p in pts] == [("thrm", 5.0), ("trades", 1.0), ("trades", 5.0)]
     t1 = pts[1]
     assert t1.n_seeds == 2
     assert t1.natural_risk == pytest.approx(0.2) and t1.hypocritical_risk == pytest.approx(0.7)
     assert t1.natural_risk_std == pytest.approx(math.sqrt(0.02))   # sample std (n - 1)
-    assert t1.hypocritical_risk_std == pytest.approx(math.sqrt(0.02))
     assert pts[0].natural_risk_std == 0.0                          # one seed: std 0
-    # thrm (0.2, 0.4) dominates trades λ=5 (0.2, 0.5); trades λ=1 (0.2, 0.7) is dominated too
+    # thrm (0.2, 0.4) dominates trades λ=5 (0.2, 0.5) and trades λ=1 (0.2, 0.7)
     assert [p.pareto for p in pts] == [True, False, False]
-    assert pts[0].lam == 5.0 and pts[0].label_key == "train.lam"   # λ under its old name
+    # each trainer's own front: trades λ=5 beats trades λ=1 in both risks
+    assert [p.front for p in pts] == [True, False, True] and F.front(pts[1:]) == [pts[2]]
 
 
-def test_aggregate_with_label_key_and_string_labels():
-    rows = [{"trainer": "natural", "label": m, X: x, Y: y}
-            for m, x, y in (("mlp", 0.03, 0.9), ("cnn", 0.02, 0.95), ("mlp", 0.05, 0.7))]
-    pts = F.aggregate(rows, label_key="model.name")
+def test_a_natural_run_feeds_every_curve_it_was_planned_for():
+    shared = _run(params={"train.trainer": "natural", "train.lam": "0.0", "seed": "0"}, metrics={X: 0.03, Y: 0.97},
+                  tags={"hyporay.curves": "trades,thrm"})
+    pts = F.points(_table([*_frontier_runs(), shared]))
+    assert {(p.trainer, p.label) for p in pts if p.label == 0.0} == {("trades", 0.0), ("thrm", 0.0)}
+    assert "natural" not in {p.trainer for p in pts}
+
+
+def test_points_with_label_key_and_string_labels():
+    rs = [_run(params={"train.trainer": "natural", "model.name": m}, metrics={X: x, Y: y})
+          for m, x, y in (("mlp", 0.03, 0.9), ("cnn", 0.02, 0.95), ("mlp", 0.05, 0.7))]
+    pts = F.points(_table(rs), label_key="model.name")
     assert [(p.label, p.n_seeds) for p in pts] == [("cnn", 1), ("mlp", 2)]
     assert all(p.label_key == "model.name" for p in pts)
     assert pts[1].natural_risk == pytest.approx(0.04) and pts[1].hypocritical_risk == pytest.approx(0.8)
@@ -82,52 +123,31 @@ def test_label_helpers():
     assert F.label_text("train.lam", 5.0) == "λ=5"
     assert F.label_text("train.attack.eps", 0.03137254901960784) == "ε=0.03137"
     assert F.label_text("model.name", "resnet18") == "resnet18"
-    assert F.parse_label("0.05") == 0.05 and F.parse_label("mlp") == "mlp" and F.parse_label(None) == "n/a"
 
 
-def test_rows_from_runs_uses_label_key_and_skips_unfinished():
-    runs = [
-        _run(params={"train.trainer": "pgd_at", "train.attack.eps": "0.05", "seed": "0"},
-             metrics={X: 0.1, Y: 0.5}, run_id="a"),
-        _run(params={"train.trainer": "pgd_at", "train.attack.eps": "0.0", "seed": "0"},
-             metrics={X: 0.05, Y: 0.9}, run_id="b"),
-        _run("RUNNING", params={"train.trainer": "pgd_at", "train.attack.eps": "0.1"}, metrics={X: 0.2, Y: 0.4}),
-        _run("FAILED", params={"train.trainer": "pgd_at", "train.attack.eps": "0.2"}),
-        _run(params={"train.trainer": "pgd_at", "train.attack.eps": "0.2"}, metrics={X: 0.3}),  # no R_hyp(D-)
-    ]
-    rows, left_out = F.rows_from_runs(runs, "train.attack.eps")
-    assert left_out == {"unfinished": 2, "without risks": 1}
-    assert [(r["label"], r["run_id"]) for r in rows] == [(0.05, "a"), (0.0, "b")]
-    # diverged and degenerate models are never points, and are counted as such
-    bad = [_run("FAILED", params={"train.trainer": "thrm"}, tags={"diverged": "true"}),
-           _run(params={"train.trainer": "thrm"}, metrics={X: 0.9, "degenerate": 1.0}, tags={"degenerate": "true"}),
-           _run(params={"train.trainer": "thrm"}, metrics={X: 0.0, "n_misclassified": 0.0})]
-    rows, left_out = F.rows_from_runs(runs[:1] + bad)
-    assert len(rows) == 1 and left_out == {"diverged": 1, "degenerate": 1, "no mistakes": 1}
-    assert R.describe_left_out(left_out) == "1 degenerate, 1 diverged, 1 no mistakes"
-    # default label: train.lam, 0 when a run has no such param (natural training)
-    rows, _ = F.rows_from_runs(runs[:1])
-    assert rows[0]["label"] == 0.0
+def test_pareto_mask_edge_cases():
+    assert pareto_mask([]).tolist() == []
+    assert pareto_mask([(0.4, 0.4)]).tolist() == [True]
+    assert pareto_mask([(0.1, 0.1), (0.2, 0.2), (0.3, 0.3)]).tolist() == [True, False, False]
+    assert pareto_mask([(0.1, 0.3), (0.2, 0.2), (0.3, 0.1)]).tolist() == [True, True, True]
 
 
-# --- table and artefacts -------------------------------------------------------------------------------
-
-def test_table_default_header_marks_pareto_points():
-    text = F.table(F.aggregate(_rows()))
+def test_table_marks_pareto_and_front_and_names_the_threat_model():
+    text = F.table(F.points(_table(_frontier_runs())), caption="trade-off frontier (linf eps=0.1 steps=20)")
     lines = text.splitlines()
-    assert lines[0].split()[:3] == ["trainer", "lambda", "seeds"]
-    assert len(lines) == 2 + 3
-    assert lines[2].startswith("thrm") and lines[2].rstrip().endswith("*")
-    assert not lines[3].rstrip().endswith("*")
-    assert "0.2000 ± 0.1414" in lines[3]
+    assert lines[0] == "trade-off frontier (linf eps=0.1 steps=20)"
+    assert lines[1].split()[:3] == ["trainer", "lambda", "seeds"]
+    assert lines[3].startswith("thrm") and lines[3].rstrip().endswith("*")
+    assert lines[4].rstrip().endswith("0.1414") and lines[5].rstrip().endswith("+")   # trades λ=1: neither
+    assert "0.2000 ± 0.1414" in lines[4] and lines[-1].startswith("* Pareto-optimal")
 
 
 def test_table_with_string_labels_is_aligned():
-    rows = [{"trainer": "thrm", "label": "wrn28_10", X: 0.1, Y: 0.2}, {"trainer": "thrm", "label": "mlp", X: 0.2,
-                                                                         Y: 0.3}]
-    lines = F.table(F.aggregate(rows, "model.name")).splitlines()
+    rs = [_run(params={"train.trainer": "thrm", "model.name": m}, metrics={X: x, Y: y})
+          for m, x, y in (("wrn28_10", 0.1, 0.2), ("mlp", 0.2, 0.3))]
+    lines = F.table(F.points(_table(rs), "model.name")).splitlines()
     assert lines[0].split()[:2] == ["trainer", "model"]
-    assert len({ln.index("1  ") for ln in lines[2:]}) == 1  # the seeds column lines up
+    assert len({ln.index("1  ") for ln in lines[2:4]}) == 1  # the seeds column lines up
     assert "wrn28_10" in lines[3]
 
 
@@ -136,57 +156,55 @@ def _read_csv(path):
         return list(csv.DictReader(f))
 
 
-def test_csv_default_columns_are_the_lambda_ones(tmp_path):
-    path = F.write_csv(F.aggregate(_rows()), tmp_path / "frontier.csv")
-    rows = _read_csv(path)
+def test_frontier_artefacts_csv_png_html(tmp_path):
+    trial = {"data": {"name": "digits"}, "eval": {"attack": {"eps": 0.1, "steps": 20}}}
+    pts, (csv_path, png, html), caption = reports.frontier(runs.table(_frontier_runs()), tmp_path / "out", "test",
+                                                           trial, "local")
+    rows = _read_csv(csv_path)
     assert list(rows[0]) == ["trainer", "lam", "n_seeds", "natural_risk", "natural_risk_std", "hypocritical_risk",
-                             "hypocritical_risk_std", "pareto"]
+                             "hypocritical_risk_std", "pareto", "front"]
     assert [(r["trainer"], float(r["lam"]), r["pareto"]) for r in rows] == [
         ("thrm", 5.0, "True"), ("trades", 1.0, "False"), ("trades", 5.0, "False")]
-
-
-def test_artifacts_with_label_key_are_consistent(tmp_path):
-    rows = [{"trainer": t, "label": e, X: x, Y: y} for t, e, x, y in
-            (("pgd_at", 0.0, 0.03, 0.95), ("pgd_at", 0.1, 0.08, 0.6), ("thrm", 0.1, 0.06, 0.5))]
-    pts = F.aggregate(rows, "train.attack.eps")
-    csv_path, png, html = F.write_artifacts(pts, tmp_path / "out", "test")
-    got = _read_csv(csv_path)
-    assert list(got[0])[:2] == ["trainer", "eps"] and [float(r["eps"]) for r in got] == [0.0, 0.1, 0.1]
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
     text = html.read_text()
-    assert ("ε=0.1" in text or "\\u03b5=0.1" in text) and "pgd_at" in text  # plotly's JSON escapes ε
-    assert F.write_csv([], tmp_path / "empty.csv").read_text().strip() == "trainer"
+    assert ("λ=5" in text or "\\u03bb=5" in text) and "trades" in text  # plotly's JSON escapes λ
+    # a curve whose own front has two points or more gets its line (a staircase by natural risk)
+    more = [*_frontier_runs(), _run(params={"train.trainer": "trades", "train.lam": "9", "seed": "0"},
+                                    metrics={X: 0.5, Y: 0.1})]
+    _, (_, _, html2), _ = reports.frontier(runs.table(more), tmp_path / "more", "test", trial, "local")
+    assert "trades front" in html2.read_text() and "thrm front" not in html2.read_text()
+    assert "eval attack linf eps=0.1" in caption and "steps=20" in caption
 
 
-def test_title_for_lists_data_and_models():
-    runs = [_run(params={"data.name": "digits", "model.name": m}) for m in ("mlp", "cnn", "mlp")]
-    assert F.title_for("architectures", "local", runs) == "architectures · local · digits/cnn,mlp"
-    assert F.title_for("x", "paper", []) == "x · paper · ?/?"
+def test_frontier_caption_counts_what_was_left_out(tmp_path):
+    trial = {"data": {"name": "digits"}}
+    rs = [*_frontier_runs(), _run("FAILED", tags={"diverged": "true"}), _run(metrics={"degenerate": 1.0})]
+    _, _, caption = reports.frontier(runs.table(rs), tmp_path, "t", trial, "local")
+    assert caption.endswith("left out: 1 degenerate, 1 diverged run(s)")
 
 
-# --- reports: rows, means, markdown ---------------------------------------------------------------------
+def test_title_lists_data_and_models():
+    from hyporay.engine.publish import title
 
-def test_final_rows_and_mean_by():
-    runs = [_run(params={"model.name": "mlp", "seed": "0"}, metrics={"acc_clean": 0.9}, run_id="a"),
-            _run(params={"model.name": "mlp", "seed": "1"}, metrics={"acc_clean": 0.8}, run_id="b"),
-            _run("KILLED", params={"model.name": "mlp"}, metrics={"acc_clean": 0.1})]
-    rows, left_out = R.final_rows(runs)
-    assert left_out == {"unfinished": 1} and [r["run_id"] for r in rows] == ["a", "b"]
-    assert rows[0]["model.name"] == "mlp"
+    df = runs.table([_run(params={"data.name": "digits", "model.name": m}) for m in ("mlp", "cnn", "mlp")])
+    assert title("architectures", "local", df) == "architectures · local · digits/cnn,mlp"
+    assert title("x", "paper", runs.table([])) == "x · paper · ?/?"
+
+
+# --- tables -----------------------------------------------------------------------------------------------------
+
+def test_mean_by_and_markdown():
+    rows = [{"model.name": "mlp", "acc_clean": 0.9}, {"model.name": "mlp", "acc_clean": 0.8}]
     [g] = R.mean_by(rows, ["model.name"], ["acc_clean", "acc_adv"])
     assert g["n_seeds"] == 2 and g["acc_clean"] == pytest.approx(0.85)
     assert g["acc_clean_std"] == pytest.approx(math.sqrt(0.005))
     assert math.isnan(g["acc_adv"]) and math.isnan(g["acc_adv_std"])
-
-
-def test_markdown_table():
-    md = R.markdown_table(["a", "b"], [["1", "2"], ["3", "4"]], caption="Table: x")
-    assert md.splitlines() == ["Table: x", "", "| a | b |", "|---|---|", "| 1 | 2 |", "| 3 | 4 |"]
+    md = R.markdown_table(["a", "b"], [["1", "2"], ["3|x", "4"]], caption="Table: x")
+    assert md.splitlines() == ["Table: x", "", "| a | b |", "|---|---|", "| 1 | 2 |", "| 3\\|x | 4 |"]
 
 
 def _sub_row(variant, model, d, a, f, seed=0):
-    return {"variant.name": variant, "model.name": model, "seed": str(seed), M.ACC_CLEAN: d, M.ACC_ADV: a,
-            M.ACC_HYP: f}
+    return {"variant.name": variant, "model.name": model, "seed": seed, M.ACC_CLEAN: d, M.ACC_ADV: a, M.ACC_HYP: f}
 
 
 def test_substandard_table_layout():
@@ -204,26 +222,30 @@ def test_substandard_table_layout():
     assert body[1] == ["Noise", "8.53 / 0.71 / 86.75", "n/a"]
     assert body[4][1] == "58.09 / 0.91 / 99.31"   # mean over the two seeds
     assert len(cells) == 9 and cells[-2]["n_seeds"] == 2
-    # default column order: first seen
-    assert R.substandard_table(rows)[0] == ["training set", "MLP", "VGG-16"]
+    assert R.substandard_table(rows)[0] == ["training set", "MLP", "VGG-16"]  # default column order: first seen
 
 
-def test_write_substandard_markdown_and_csv(tmp_path):
-    rows = [_sub_row("naive", "mlp", 0.1, 0.0, 0.9), _sub_row("quality", "mlp", 0.95, 0.4, 1.0)]
-    md, csv_path = R.write_substandard(rows, tmp_path, "data digits; eval attack linf eps=0.1; profile local")
+def test_substandard_report_markdown_and_csv(tmp_path):
+    rs = [_run(params={"variant.name": v, "model.name": "mlp"}, metrics={M.ACC_CLEAN: d, M.ACC_ADV: a, M.ACC_HYP: f})
+          for v, d, a, f in (("naive", 0.1, 0.0, 0.9), ("quality", 0.95, 0.4, 1.0))]
+    trials = [{"model": {"name": "mlp"}, "data": {"name": "digits"}, "eval": {"attack": {"eps": 0.1}}}]
+    said = []
+    md, csv_path = reports.substandard(runs.table(rs), trials, "local", tmp_path, said.append)
     lines = md.read_text().splitlines()
     assert lines[0].startswith("Accuracy (%) D / A / F") and "data digits" in lines[0]
-    assert "profile local" in lines[0] and "mean over 1 seed(s)" in lines[0]
+    assert "profile local" in lines[0] and "mean over 1 seed(s)" in lines[0] and "train attack" in lines[0]
     assert lines[2] == "| training set | MLP |" and lines[4] == "| Naive | 10.00 / 0.00 / 90.00 |"
     got = _read_csv(csv_path)
     assert [(r["variant.name"], r["model.name"], r["n_seeds"]) for r in got] == [("naive", "mlp", "1"),
                                                                               ("quality", "mlp", "1")]
+    assert said and "| Naive |" in said[0]
 
 
-def test_eval_caption_names_the_threat_model():
-    cap = R.eval_caption({"data": {"name": "digits"}, "eval": {"attack": {"eps": 0.1, "steps": 20}}}, "local")
+def test_threat_caption_names_both_attacks():
+    cap = R.threat_caption({"data": {"name": "digits"}, "eval": {"attack": {"eps": 0.1, "steps": 20}}}, "local")
     assert cap.startswith("data digits; eval attack linf eps=0.1 ") and "steps=20" in cap
     assert "step=0.025" in cap and "restarts=1" in cap and cap.endswith("profile local")
+    assert "train attack linf eps=0.03137 (8/255) steps=10" in cap
 
 
 # --- attack-convergence grids ---------------------------------------------------------------------------
@@ -286,7 +308,9 @@ def _conv_runs():
 
 
 def test_convergence_rows_verdict_and_plot(tmp_path):
-    rows, _ = R.final_rows(_conv_runs())
+    from hyporay.analysis import plots
+
+    rows = _table(_conv_runs())
     conv = R.convergence_rows(rows)
     pgd = {(o["setting"], o["value"], o["metric"]): o for o in conv if o["trainer"] == "pgd_at"}
     assert pgd[("steps", 10, M.ACC_ADV)]["n_seeds"] == 2
@@ -297,8 +321,12 @@ def test_convergence_rows_verdict_and_plot(tmp_path):
     assert len(steps_adv) == 1 and "10 -> 100" in steps_adv[0] and steps_adv[0].endswith(": converged")
     restarts = [v for v in verdict if v.startswith("pgd_at") and "restarts" in v]
     assert restarts[0].endswith("NOT converged")                       # 0.50 -> 0.45
-    csv_path, png = R.write_convergence(conv, tmp_path, "t")
-    assert len(_read_csv(csv_path)) == len(conv) and png.read_bytes()[:4] == b"\x89PNG"
+    png = plots.convergence_png(conv, tmp_path / "c.png", "t")
+    assert len(_read_csv(R.write_csv(conv, tmp_path / "c.csv"))) == len(conv) and png.read_bytes()[:4] == b"\x89PNG"
+    said = []
+    paths = reports.convergence(runs.table(_conv_runs()), [{"data": {"name": "digits"}, "model": {"name": "mlp"}}],
+                                "local", tmp_path / "r", said.append)
+    assert [p.name for p in paths] == ["convergence.csv", "convergence.png"] and "NOT converged" in "".join(said)
 
 
 def test_convergence_verdict_flags_a_stronger_attack_that_helps():
@@ -346,7 +374,7 @@ def store(tmp_path_factory):
 
 def test_cli_frontier_rebuilds_from_the_latest_parent(store, tmp_path, capsys):
     from hyporay.cli import main
-    from hyporay.engine import tracking
+    from hyporay.engine import mlflow_ui
 
     out = tmp_path / "fr"
     assert main(["frontier", "--experiment", "thrm_lambda-local", "--tracking-uri", store.uri, "--out",
@@ -354,14 +382,16 @@ def test_cli_frontier_rebuilds_from_the_latest_parent(store, tmp_path, capsys):
     text = capsys.readouterr().out
     assert f"parent run {store.parent}" in text
     assert "from 3 finished run(s) in 3 point(s); left out 2 unfinished run(s)" in text
-    assert "trainer   lambda seeds" in text
+    assert "trainer   lambda seeds" in text and "threat model not recorded" in text
     rows = _read_csv(out / "frontier.csv")
     assert [(r["trainer"], float(r["lam"])) for r in rows] == [("thrm", 5.0), ("trades", 1.0), ("trades", 5.0)]
     assert (out / "frontier.png").is_file() and (out / "frontier.html").is_file()
     logged = {a.path for a in store.client.list_artifacts(store.parent)}
     assert logged == {"frontier.csv", "frontier.png", "frontier.html"}
     tags = store.client.get_experiment(store.exp_id).tags
-    assert f"mlflow.sharedViewState.{tracking.FRONTIER_VIEW_KEY}" in tags
+    assert f"mlflow.sharedViewState.{mlflow_ui.FRONTIER_VIEW_KEY}" in tags
+    note = store.client.get_run(store.parent).data.tags["mlflow.note.content"]
+    assert "| thrm | 5 | 1 | 0.1500 ± 0.0000 | 0.4000 ± 0.0000 | * |" in note
 
 
 def test_cli_frontier_with_parent_and_label_key(store, tmp_path, capsys):
@@ -370,7 +400,7 @@ def test_cli_frontier_with_parent_and_label_key(store, tmp_path, capsys):
     assert main(["frontier", "--experiment", "thrm_lambda-local", "--tracking-uri", store.uri, "--parent", store.old,
                  "--out", str(tmp_path / "o"), "--label-key", "model.name"]) == 0
     text = capsys.readouterr().out
-    assert text.splitlines()[2].split()[:3] == ["trainer", "model", "seeds"]
+    assert text.splitlines()[3].split()[:3] == ["trainer", "model", "seeds"]
     assert "mlp" in text and "left out" not in text
 
 
