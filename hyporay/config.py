@@ -98,6 +98,8 @@ class TrainConfig(_Strict):
     lr: float = Field(0.1, gt=0)
     lr_large_lambda: float | None = Field(None, gt=0, description="lr used when lam >= 10 (paper: 0.05)")
     momentum: float = Field(0.9, ge=0, lt=1)
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="sgd (the paper's) | adam (betas (momentum, "
+                                              "0.999); the l_inf-dist net's)")
     weight_decay: float = Field(5e-4, ge=0)
     milestones: list[int] = Field(default_factory=list)
     gamma: float = Field(0.1, gt=0)

@@ -71,9 +71,9 @@ def make_trainer(cfg: TrialConfig, model: torch.nn.Module, device: torch.device)
     t = cfg.train
     return Trainer(model, loss=t.trainer, attack=t.attack.spec(), lam=t.lam,
                    optim=OptimConfig(lr=t.effective_lr, momentum=t.momentum, weight_decay=t.weight_decay,
-                                     milestones=t.milestones, gamma=t.gamma),
+                                     milestones=t.milestones, gamma=t.gamma, optimizer=t.optimizer),
                    batch_size=t.batch_size, augment=t.augment, amp=t.amp, channels_last=t.channels_last,
-                   concat_forward=t.concat_forward, device=device, seed=cfg.seed)
+                   concat_forward=t.concat_forward, device=device, seed=cfg.seed, epochs=t.epochs)
 
 
 def evaluate_model(cfg: TrialConfig, model: torch.nn.Module, ds: Dataset, device: torch.device,

@@ -23,6 +23,7 @@ class OptimConfig:
     weight_decay: float = 5e-4
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
+    optimizer: str = "sgd"  # "sgd" (the paper's) or "adam" (betas (momentum, 0.999); the l_inf-dist net's)
 
 
 def _channels_last(t: Tensor) -> Tensor:
@@ -40,7 +41,7 @@ class Trainer:
     def __init__(self, model: nn.Module, *, loss: str, attack: AttackSpec, lam: float = 0.0,
                  optim: OptimConfig | None = None, batch_size: int = 128, augment: bool = False,
                  amp: bool = False, channels_last: bool = False, concat_forward: bool = True,
-                 device: str | torch.device = "cpu", seed: int = 0) -> None:
+                 device: str | torch.device = "cpu", seed: int = 0, epochs: int | None = None) -> None:
         if loss not in LOSSES:
             raise ValueError(f"trainer: unknown {loss!r}; known: {', '.join(sorted(LOSSES))}")
         self.device = torch.device(device)
@@ -51,8 +52,15 @@ class Trainer:
         self.loss_name, self.loss_fn = loss, LOSSES[loss]
         self.batch_size, self.augment = batch_size, augment
         o = optim or OptimConfig()
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
-                                         weight_decay=o.weight_decay)
+        if o.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer: unknown {o.optimizer!r}; known: adam, sgd")
+        if o.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=o.lr, betas=(o.momentum, 0.999),
+                                              weight_decay=o.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
+                                             weight_decay=o.weight_decay)
+        self.epochs = epochs  # the planned number of epochs, for models with a schedule (set_progress)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=list(o.milestones),
                                                               gamma=o.gamma)
         # AMP: float16 + GradScaler on CUDA, bfloat16 (no scaler needed) on CPU.
@@ -78,6 +86,9 @@ class Trainer:
         TRADES and THRM, adversarial inputs for PGD-AT.
         """
         self.model.train()
+        for m in self.model.modules():  # e.g. the l_inf-dist net's p-norm annealing
+            if self.epochs and hasattr(m, "set_progress"):
+                m.set_progress(self.epoch, self.epochs)
         augment = functools.partial(random_crop_flip, generator=self.aug_gen) if self.augment else None
         t0, n, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
         for xb, yb in iterate_batches(x, y, self.batch_size, shuffle=True, generator=self.data_gen,
