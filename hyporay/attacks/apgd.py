@@ -110,10 +110,11 @@ def apgd(
             with torch.no_grad():
                 logits = model(z)
                 return logits, obj.score(logits, y, target).detach(), None
-        z = z.detach().requires_grad_(True)
-        logits = model(z)
-        s = obj.score(logits, y, target)
-        (g,) = torch.autograd.grad(s.sum(), z)
+        with torch.enable_grad():  # also when the caller is inside torch.no_grad()
+            z = z.detach().requires_grad_(True)
+            logits = model(z)
+            s = obj.score(logits, y, target)
+            (g,) = torch.autograd.grad(s.sum(), z)
         return logits.detach(), s.detach(), g
 
     def direction(g: Tensor) -> Tensor:
