@@ -164,9 +164,10 @@ def cmd_audit(args) -> int:
     spec = AttackSpec(norm=args.norm or a["norm"], eps=a["eps"] if args.eps is None else args.eps,
                       steps=args.steps or a["steps"], step_size=step_size, restarts=args.restarts or a["restarts"],
                       random_start=args.random_start or a["random_start"],
-                      best_iterate=args.best_iterate or a["best_iterate"])
+                      best_iterate=args.best_iterate or a["best_iterate"],
+                      method=args.method or a.get("method", "pgd"), score=args.score or a.get("score", "ce"))
     tol = Tolerances(**{f.name: getattr(args, f"tol_{f.name}") for f in fields(Tolerances)})
-    grids = {k: getattr(args, k) for k in ("eps_multiples", "steps_grid", "restarts_grid")}
+    grids = {k: getattr(args, k) for k in ("eps_multiples", "steps_grid", "restarts_grid", "certify")}
     report = audit_checkpoint(state, spec=spec, tolerances=tol, device=args.device, subset=args.subset,
                               surrogate=args.surrogate, transfer=not args.no_transfer,
                               surrogate_epochs=args.surrogate_epochs, surrogate_seed=args.surrogate_seed,
@@ -218,6 +219,11 @@ def _add_audit_parser(sub, fmt) -> None:
     a.add_argument("--restarts", type=int, help="default: the trial's")
     a.add_argument("--random-start", choices=["auto", "none", "uniform", "gaussian"], help="default: the trial's")
     a.add_argument("--best-iterate", action="store_true")
+    a.add_argument("--method", choices=["pgd", "apgd"], help="the audited attack (default: the trial's, else pgd); "
+                                                            "apgd_vs_pgd compares it with the other one")
+    a.add_argument("--score", choices=["ce", "margin"], help="score of the audited attack (default: the trial's)")
+    a.add_argument("--certify", default="crown-ibp", choices=["none", "ibp", "crown-ibp", "crown"],
+                   help="certifier of the certified_bound check (crown: tighter, slow on conv nets; none skips it)")
     a.add_argument("--eps-multiples", type=_list_of(float), default=",".join(f"{v:g}" for v in T.DEFAULT_EPS_MULTIPLES),
                    help="accuracy-vs-eps curve at these multiples of eps (ascending; the largest should be huge)")
     a.add_argument("--steps-grid", type=_list_of(int), default=",".join(map(str, T.DEFAULT_STEPS_GRID)),

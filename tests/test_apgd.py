@@ -171,3 +171,31 @@ def test_bad_arguments_fail_with_one_line_naming_the_field(natural_mlp, batch, c
     with pytest.raises(ValueError) as err:
         call(natural_mlp, x, y)
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+# --- hyporay audit: "APGD finds no more than PGD (within tolerance)" ----------------------------------------
+
+CHEAP_AUDIT = dict(eps_multiples=(0.0, 1.0), steps_grid=(1, 2), restarts_grid=(1, 2), n_single=4, certify="none")
+
+
+def test_audit_apgd_vs_pgd_passes_a_converged_pgd_and_flags_a_stalled_one(natural_mlp, digits):
+    from hyporay.audit import FLAG, PASS, run_audit
+
+    x, y = digits.x_test[:150], digits.y_test[:150]
+    healthy = run_audit(natural_mlp, x, y, spec=AttackSpec(eps=0.1, steps=20), surrogate=None, **CHEAP_AUDIT)
+    for direction in ("adversarial", "hypocritical"):
+        row = healthy.row(f"apgd_vs_pgd/{direction}")
+        assert row.verdict == PASS, row
+        assert row.data["method"] == "pgd" and row.data["other"] == "apgd"
+    # a PGD whose step is far too small (20 steps of eps/200 reach 0.1 eps): APGD finds what it missed
+    stalled = run_audit(natural_mlp, x, y, spec=AttackSpec(eps=0.1, steps=20, step_size=0.1 / 200),
+                        surrogate=None, **CHEAP_AUDIT)
+    for direction in ("adversarial", "hypocritical"):
+        row = stalled.row(f"apgd_vs_pgd/{direction}")
+        assert row.verdict == FLAG and "missed" in row.reason, row
+    assert stalled.row("apgd_vs_pgd/adversarial").data["other_stronger_by"] > 0.1
+    # auditing APGD itself: plain PGD-20 is no stronger
+    as_apgd = run_audit(natural_mlp, x, y, spec=AttackSpec(eps=0.1, steps=20, method="apgd"), surrogate=None,
+                        **CHEAP_AUDIT)
+    assert as_apgd.row("apgd_vs_pgd/adversarial").verdict == PASS
+    assert as_apgd.row("apgd_vs_pgd/adversarial").data["other"] == "pgd"

@@ -272,3 +272,36 @@ def test_eval_metrics_and_cli_report_the_bracket(tmp_path, capsys):
     model = nn.Sequential(make_model(bad, ds), nn.Tanh())
     with pytest.raises(ConfigError, match="^eval.certify: model Sequential is not certifiable: Tanh$"):
         evaluate_model(bad, model, ds, torch.device("cpu"), epoch=0)
+
+
+# --- hyporay audit: "attack lower bound <= certified upper bound" --------------------------------------------
+
+CHEAP_AUDIT = dict(eps_multiples=(0.0, 1.0), steps_grid=(1, 5), restarts_grid=(1, 2), n_single=4)
+
+
+def test_audit_certified_bound_passes_a_sound_certificate_and_flags_an_unsound_one(natural_mlp, digits):
+    from hyporay.audit import FLAG, PASS, SKIPPED, run_audit
+
+    x, y = digits.x_test[:150], digits.y_test[:150]
+    spec = AttackSpec(eps=0.02, steps=20)
+    sound = run_audit(natural_mlp, x, y, spec=spec, surrogate=None, certify="crown", **CHEAP_AUDIT)
+    for direction in ("hypocritical", "adversarial"):
+        row = sound.row(f"certified_bound/{direction}")
+        assert row.verdict == PASS, row
+        assert row.data["certified"] > 0 and row.data["contradictions"] == 0
+        assert row.data["attack_lower"] <= row.data["certified_upper"]
+
+    def overclaiming(model, xb, yb, eps, norm):  # certifies a ball 10x smaller than the one attacked
+        return certify(model, xb, yb, eps=eps / 10, norm=norm, method="crown-ibp")
+
+    unsound = run_audit(natural_mlp, x, y, spec=AttackSpec(eps=0.1, steps=20), surrogate=None,
+                        certify=overclaiming, **CHEAP_AUDIT)
+    for direction in ("hypocritical", "adversarial"):
+        row = unsound.row(f"certified_bound/{direction}")
+        assert row.verdict == FLAG and row.data["contradictions"] > 0, row
+        assert "unsound" in row.reason and row.data["attack_lower"] > row.data["certified_upper"]
+
+    off = run_audit(nn.Sequential(natural_mlp, nn.Tanh()), x[:20], y[:20], spec=spec, surrogate=None,
+                    **CHEAP_AUDIT)
+    row = off.row("certified_bound/hypocritical")
+    assert row.verdict == SKIPPED and "is not certifiable: Tanh" in row.reason
