@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from hyporay.attacks.context import frozen_eval
 from hyporay.certify.crown import Region, lower_bounds
-from hyporay.certify.graph import NotCertifiable, model_name, trace
+from hyporay.certify.graph import NotCertifiable, trace
 from hyporay.models.linf_dist import LinfDistNet
 from hyporay.models.registry import Normalize
 
