@@ -260,7 +260,7 @@ def test_eval_metrics_and_cli_report_the_bracket(tmp_path, capsys):
     rc = main(["eval", str(tmp_path / "run"), "--method", "pgd", "--score", "margin", "--certify", "ibp",
                "--json", str(tmp_path / "e.json")])
     out = capsys.readouterr().out
-    assert rc == 0 and "R_hyp(D-) in [attack, certified]" in out and "pgd linf eps=0.02" in out
+    assert rc == 0 and "R_hyp(D-) in [attack, certified]" in out and "linf eps=0.02" in out and "method=pgd score=margin" in out
     saved = json.loads((tmp_path / "e.json").read_text())
     assert saved["attack"]["method"] == "pgd" and saved["attack"]["score"] == "margin"
     assert saved["certify"] == "ibp"

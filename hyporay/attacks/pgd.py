@@ -254,9 +254,9 @@ class AttackSpec:
         eps255 = self.eps * 255
         step = "2eps-halving" if self.method == "apgd" else f"{self.alpha:.4g}"
         best = self.best_iterate and self.method == "pgd"
-        return (f"{self.method} {self.norm} eps={self.eps:.4g} ({eps255:.3g}/255) steps={self.steps} "
+        return (f"{self.norm} eps={self.eps:.4g} ({eps255:.3g}/255) steps={self.steps} "
                 f"step={step} restarts={self.restarts} start={self.random_start}"
-                + (" best-iterate" if best else "") + f" score={self.score}")
+                + (" best-iterate" if best else "") + f" method={self.method} score={self.score}")
 
     def as_dict(self) -> dict:
         d = asdict(self)
