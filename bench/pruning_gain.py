@@ -64,8 +64,8 @@ def _noise(workdir: Path, base_args: list[str], params: dict, seeds: list[int], 
 
     from hyporay.config import load_config
     from hyporay.experiment import load_trial_data
-    from hyporay.sweep import optuna_search as O
-    from hyporay.sweep.engine import load_profile
+    from hyporay.engine import search as O
+    from hyporay.engine.driver import load_profile
 
     args = O.build_parser(O.BUDGET).parse_args(base_args)
     prof = load_profile(ROOT / "sweeps" / "configs", profile)
@@ -106,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from hyporay.sweep import optuna_search as O
-    from hyporay.sweep import tracking
-    from hyporay.sweep.cluster import init_ray
+    from hyporay.engine import search as O
+    from hyporay.engine import tracking
+    from hyporay.cluster.resources import init_ray
 
     if a.milestones == "auto":
         milestones = sorted({round(a.epochs * 2 / 3), round(a.epochs * 5 / 6)} - {0, a.epochs})

@@ -8,6 +8,9 @@ the verdict is ``pass``, ``flag`` (the number should not be trusted: the reason 
 
 Checks (names in ``CHECKS``; every figure is measured on the audited examples, never assumed):
 
+- ``model_degenerate``: the model's clean logits are finite and depend on the input. A diverged net (NaN
+  weights, or every ReLU dead so it outputs its last bias) is trivially "robust" and "unconcealable": every
+  number below would be meaningless (``hyporay.metrics`` reports them as NaN).
 - ``eps0_clean``: PGD with eps = 0 (adversarial and hypocritical, and ``hyporay.metrics.evaluate``) gives
   exactly the clean predictions and accuracies.
 - ``batch_independence``: eval-mode logits of each example alone and in shuffled batches of another size
@@ -72,6 +75,7 @@ __all__ = ["run_audit", "check_settings", "AuditReport", "CheckResult", "Toleran
 
 PASS, FLAG, SKIPPED = "pass", "flag", "skipped"
 
+CHECK_DEGENERATE = "model_degenerate"
 CHECK_EPS0 = "eps0_clean"
 CHECK_BATCH = "batch_independence"
 CHECK_STATE = "state_unchanged"
@@ -92,7 +96,7 @@ CHECKS = (CHECK_EPS0, CHECK_BATCH, f"{CHECK_CURVE}/{ADV}", f"{CHECK_CURVE}/{HYP}
           f"{CHECK_STEPS}/{HYP}", f"{CHECK_RESTARTS}/{ADV}", f"{CHECK_RESTARTS}/{HYP}", f"{CHECK_FGSM}/{ADV}",
           f"{CHECK_FGSM}/{HYP}", f"{CHECK_TRANSFER}/{ADV}", f"{CHECK_TRANSFER}/{HYP}", CHECK_GRADIENT,
           CHECK_THM44, CHECK_THM45, f"{CHECK_APGD}/{ADV}", f"{CHECK_APGD}/{HYP}", f"{CHECK_CERTIFIED}/{HYP}",
-          f"{CHECK_CERTIFIED}/{ADV}", CHECK_STATE)
+          f"{CHECK_CERTIFIED}/{ADV}", CHECK_STATE, CHECK_DEGENERATE)
 
 @dataclass
 class CheckResult:
@@ -315,6 +319,22 @@ def _check_eps0(a: _Auditor, spec: AttackSpec) -> CheckResult:
         f"{diff_adv + diff_hyp} changed, D={_fmt(m[M.ACC_CLEAN])} A={_fmt(m[M.ACC_ADV])} F={_fmt(m[M.ACC_HYP])}"
     return CheckResult(CHECK_EPS0, figure, FLAG if bad else PASS,
                        "; ".join(bad) if bad else "eps=0 gives exactly the clean predictions", data)
+
+
+def _check_degenerate(a: _Auditor) -> CheckResult:
+    nonfinite, constant = M.degeneracy(a.clean_logits)
+    classes = int(len(torch.unique(a.clean_pred)))
+    data = {"nonfinite_logits": nonfinite, "input_independent": constant, "predicted_classes": classes}
+    if nonfinite:
+        return CheckResult(CHECK_DEGENERATE, f"{nonfinite} non-finite", FLAG,
+                           f"clean logits hold NaN/inf on {nonfinite} examples: no risk of this model means anything",
+                           data)
+    if constant:
+        return CheckResult(CHECK_DEGENERATE, "constant function", FLAG,
+                           "the logits do not depend on the input (a constant model is trivially robust and "
+                           "unconcealable): no risk of this model means anything", data)
+    return CheckResult(CHECK_DEGENERATE, f"{classes} classes predicted", PASS,
+                       "finite logits that depend on the input", data)
 
 
 def _check_batch(a: _Auditor, n_single: int, tol: float) -> CheckResult:
@@ -724,6 +744,7 @@ def run_audit(
             rows[r.check] = r
             say(f"  {r.check:<34s} {r.verdict:<7s} {r.figure}")
 
+    add(_check_degenerate(a))
     add(_check_batch(a, n_single, tol.batch_logit))
     add(_check_eps0(a, spec))
     add(_check_gradients(a, spec, tol.gradient))

@@ -39,23 +39,44 @@ def _table(metrics: dict, title: str) -> str:
 
 
 def cmd_train(args) -> int:
+    from hyporay import metrics as M
+    from hyporay import provenance
     from hyporay.config import load_config
-    from hyporay.experiment import run_trial
+    from hyporay.experiment import CHECKPOINT_FILE, Diverged, run_trial, write_diverged
 
     cfg = load_config(args.config, args.set or [])
     out = Path(args.out or Path("runs") / cfg.name)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(_yaml(cfg.model_dump()))
+    has_ckpt = (out / CHECKPOINT_FILE).exists()
+    if has_ckpt and not args.resume and not args.overwrite:
+        raise ValueError(f"--out: {out} already holds a trained {CHECKPOINT_FILE}; --resume continues it, "
+                         "--overwrite replaces it, or choose another --out")
     print(f"trial {cfg.name}: {cfg.train.trainer} (lam={cfg.train.lam}) on {cfg.data.name}/{cfg.variant.name}, "
           f"model {cfg.model.name}, {cfg.train.epochs} epochs -> {out}")
     print(f"train attack: {cfg.train.attack.spec().describe()}")
     print(f"eval attack:  {cfg.eval.attack.spec().describe()}")
-    metrics = run_trial(cfg, checkpoint_dir=out, log=print,
-                        resume_from=out if args.resume and (out / "checkpoint.pt").exists() else None)
+    # config.yaml, metrics.json and checkpoint.pt are written together at each evaluation: a run refused by a
+    # check (bad data set, model options, a --resume that changes a trained field) writes nothing
+    try:
+        metrics = run_trial(cfg, checkpoint_dir=out, log=print, resume_from=out if args.resume and has_ckpt else None)
+    except Diverged as exc:
+        write_diverged(out, cfg, exc)
+        print(f"hyporay: trial {cfg.name} {exc}; wrote {out / 'metrics.json'}", file=sys.stderr)
+        return 1
     print()
     print(_table(metrics, f"final metrics ({cfg.eval.attack.spec().describe()})"))
-    print(f"\nwrote {out / 'metrics.json'} and {out / 'checkpoint.pt'}")
+    if metrics.get(M.DEGENERATE):
+        print(f"\ndegenerate model ({_degenerate_reason(metrics)}): its attack-based numbers are NaN, not results")
+    print(f"\nwrote {out / 'metrics.json'}, {out / 'config.yaml'} and {out / CHECKPOINT_FILE}")
+    print(f"code: {provenance.describe(provenance.code())}; config sha256 "
+          f"{provenance.config_hash(cfg.model_dump())[:12]}")
     return 0
+
+
+def _degenerate_reason(metrics: dict) -> str:
+    from hyporay import metrics as M
+
+    n = int(metrics.get(M.NONFINITE_LOGITS) or 0)
+    return f"non-finite logits on {n} test examples" if n else "its logits do not depend on the input"
 
 
 def cmd_eval(args) -> int:
@@ -69,7 +90,7 @@ def cmd_eval(args) -> int:
     cfg_attack = state["config"]["eval"]["attack"]
     spec = AttackSpec(norm=args.norm or cfg_attack["norm"],
                       eps=args.eps if args.eps is not None else cfg_attack["eps"],
-                      steps=args.steps or cfg_attack["steps"], step_size=args.step_size,
+                      steps=cfg_attack["steps"] if args.steps is None else args.steps, step_size=args.step_size,
                       restarts=args.restarts, random_start=args.random_start, best_iterate=args.best_iterate,
                       method=args.method or cfg_attack.get("method", "pgd"),
                       score=args.score or cfg_attack.get("score", "ce"))
@@ -95,8 +116,8 @@ def cmd_frontier(args) -> int:
     """Rebuild a sweep's frontier artefacts from its MLflow runs (finished or interrupted sweep)."""
     from mlflow.exceptions import MlflowException
 
-    from hyporay.sweep import frontier as F
-    from hyporay.sweep import tracking
+    from hyporay.analysis import frontier as F
+    from hyporay.engine import tracking
 
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(Path.cwd())
     tracking.check_reachable(uri)
@@ -124,8 +145,11 @@ def cmd_frontier(args) -> int:
     print()
     print(F.table(fr.points) if fr.points else "no finished trial runs yet: the frontier is empty")
     print()
-    print(f"frontier from {n_rows} finished run(s) in {len(fr.points)} point(s); skipped {fr.skipped} unfinished "
-          "run(s)")
+    from hyporay.analysis.tables import describe_left_out
+
+    left = describe_left_out(fr.left_out)
+    print(f"frontier from {n_rows} finished run(s) in {len(fr.points)} point(s)"
+          + (f"; left out {left} run(s)" if left else ""))
     for a in fr.artefacts:
         print(f"artefact:       {a} (logged to the parent run)")
     print(f"runs:           {tracking.runs_link(uri, exp.experiment_id)}")
@@ -135,19 +159,13 @@ def cmd_frontier(args) -> int:
 
 
 def _latest_parent(c, experiment_id: str, name: str) -> str:
-    from hyporay.sweep import tracking
+    from hyporay.engine import tracking
 
     found = tracking.retry(c.search_runs, [experiment_id], filter_string=f"tags.`{tracking.ROLE_TAG}` = 'sweep'",
                            order_by=["attributes.start_time DESC"], max_results=1)
     if not found:
         raise tracking.TrackingError(f"experiment: {name!r} has no sweep parent run; give one with --parent")
     return found[0].info.run_id
-
-
-def _yaml(d: dict) -> str:
-    import yaml
-
-    return yaml.safe_dump(d, sort_keys=False)
 
 
 def cmd_audit(args) -> int:
@@ -162,7 +180,8 @@ def cmd_audit(args) -> int:
     a = state["config"]["eval"]["attack"]
     step_size = args.step_size if args.step_size is not None else (a["step_size"] if args.eps is None else None)
     spec = AttackSpec(norm=args.norm or a["norm"], eps=a["eps"] if args.eps is None else args.eps,
-                      steps=args.steps or a["steps"], step_size=step_size, restarts=args.restarts or a["restarts"],
+                      steps=a["steps"] if args.steps is None else args.steps, step_size=step_size,
+                      restarts=a["restarts"] if args.restarts is None else args.restarts,
                       random_start=args.random_start or a["random_start"],
                       best_iterate=args.best_iterate or a["best_iterate"],
                       method=args.method or a.get("method", "pgd"), score=args.score or a.get("score", "ce"))
@@ -249,7 +268,7 @@ def _add_audit_parser(sub, fmt) -> None:
 
 
 def cmd_validate_cluster(args) -> int:
-    from hyporay.cluster_config import run
+    from hyporay.cluster.validate import run
 
     return run(args.files)
 
@@ -265,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   "train, eval; see sweeps/configs/*.yaml)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. train.lam=5")
     t.add_argument("--out", help="output directory (default runs/<name>)")
-    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out (only train.epochs, "
+                   "eval.*, name, device and threads may differ from the checkpoint's config)")
+    t.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="re-evaluate a saved model under any attack spec", formatter_class=fmt)

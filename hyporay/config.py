@@ -23,7 +23,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `train.lr=.inf` or `train.lam=.nan` is a typo, never a setting
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class AttackConfig(_Strict):
@@ -41,6 +42,19 @@ class AttackConfig(_Strict):
     score: Literal[SCORES] = Field("ce", description="ce | margin (DLR) for the adversarial, hypocritical and "  # type: ignore[valid-type]
                                    "targeted attacks; the stability attack always ascends KL")
 
+    @model_validator(mode="after")
+    def _inside_the_box(self) -> AttackConfig:
+        # inputs live in [0,1]: an l_inf radius above 1 (or a step above 1) is the whole box, i.e. a typo.
+        # (An l_2 radius is checked against the data's dimension once it is known: see check_against_data.)
+        if self.norm == "linf":
+            for name in ("eps", "step_size"):
+                v = getattr(self, name)
+                if v is not None and v > 1:
+                    what = "radius" if name == "eps" else "step"
+                    raise ValueError(f"{name}: {v:g} is beyond the input range [0,1] (an l_inf {what} > 1 "
+                                     "spans every image); pixel units, e.g. 8/255 = 0.0314")
+        return self
+
     def spec(self) -> AttackSpec:
         return AttackSpec(norm=self.norm, eps=self.eps, steps=self.steps, step_size=self.step_size,
                           restarts=self.restarts, random_start=self.random_start,
@@ -54,9 +68,17 @@ class DataConfig(_Strict):
     subset_train: int | None = Field(None, ge=1)
     subset_test: int | None = Field(None, ge=1)
     test_fraction: float = Field(0.3, gt=0, lt=1)
-    split_seed: int = Field(0, ge=0, description="seed of the train/test split and subsets (fixed across "
-                                                 "trial seeds, so every trial of a sweep sees the same test set)")
+    split_seed: int | Literal["trial"] = Field(0, description="seed of the train/test split and subsets: a number "
+                                               "(fixed across trial seeds, so every trial of a sweep sees the same "
+                                               "test set) or 'trial' (the trial's seed: a split per seed)")
     cache_dir: str | None = Field(None, description="generated training sets; None = <root>/hyporay-cache")
+
+    @field_validator("split_seed")
+    @classmethod
+    def _split_seed(cls, v):
+        if isinstance(v, int) and v < 0:
+            raise ValueError(f"must be an integer >= 0 or 'trial', got {v}")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -70,7 +92,7 @@ class DataConfig(_Strict):
 
 class ModelConfig(_Strict):
     name: str = "mlp"
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="options of the architecture's factory")
 
     @field_validator("name")
     @classmethod
@@ -80,6 +102,18 @@ class ModelConfig(_Strict):
         if v not in list_models():
             raise ValueError(f"unknown {v!r}; known: {', '.join(list_models())}")
         return v
+
+    @model_validator(mode="after")
+    def _known_options(self) -> ModelConfig:
+        # names now; values when the model is built on the data's shape (hyporay.models.build_model)
+        from hyporay.models import model_options
+
+        known = model_options(self.name)
+        unknown = sorted(set(self.kwargs) - set(known)) if known is not None else []
+        if unknown:
+            raise ValueError(f"kwargs: unknown option {unknown[0]!r} of model {self.name}; known: "
+                             f"{', '.join(known) or '(none)'}")
+        return self
 
 
 class VariantConfig(_Strict):
@@ -110,7 +144,13 @@ class TrainConfig(_Strict):
     gamma: float = Field(0.1, gt=0)
     augment: bool = False
     amp: bool = False
+    amp_dtype: Literal["auto", "bfloat16", "float16"] = Field(
+        "auto", description="autocast dtype; auto = bfloat16 where native (CPU, CUDA compute capability >= 8), "
+                            "else float16 with a GradScaler")
     channels_last: bool = False
+    compile: bool = Field(False, description="torch.compile the model for training; drops each epoch's last "
+                                             "partial batch (static shapes); one logged line and eager "
+                                             "training where compilation is unavailable")
     concat_forward: bool = Field(True, description="one forward on cat(x, x') (False-Friends code)")
     attack: AttackConfig = Field(default_factory=AttackConfig)
 
@@ -142,6 +182,8 @@ class EvalConfig(_Strict):
 
 
 class TrialConfig(_Strict):
+    imports: list[str] = Field(default_factory=list, description="modules (names or .py paths) that register your "
+                               "own data sets / models; imported before the names are checked, in every process")
     name: str = "trial"
     seed: int = Field(0, ge=0)
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
@@ -151,6 +193,23 @@ class TrialConfig(_Strict):
     variant: VariantConfig = Field(default_factory=VariantConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _import_plugins(cls, data):
+        # before the nested configs check data.name / model.name against the registries
+        if isinstance(data, dict) and data.get("imports"):
+            from hyporay.plugins import import_plugins
+
+            imports = data["imports"]
+            if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):
+                raise ValueError(f"imports: must be a list of module names or .py paths, got {imports!r}")
+            import_plugins(imports)
+        return data
+
+    def data_seed(self) -> int:
+        """The seed of the train/test split and subsets (``data.split_seed``, or the trial's seed for 'trial')."""
+        return self.seed if self.data.split_seed == "trial" else int(self.data.split_seed)
 
     @field_validator("device")
     @classmethod
@@ -190,13 +249,23 @@ def _format(err: ValidationError) -> str:
     if e["type"] == "extra_forbidden":
         return f"{loc}: unknown key; known: {', '.join(_known_keys(e['loc'][:-1]))}"
     msg = e["msg"].removeprefix("Value error, ")
-    if msg.startswith(loc + ":"):  # cross-field validators already name their field
+    if not loc or msg.startswith(loc + ":"):  # cross-field validators already name their field
         return msg
+    head = msg.split(":", 1)[0]
+    if e["type"] == "value_error" and head.isidentifier() and head in _field_names(e["loc"]):
+        return f"{loc}.{msg}"  # a model validator naming one of its own fields: train.attack + eps: ...
     if e["type"] == "value_error":  # our validators already show the offending value
         return f"{loc}: {msg}"
     got = e.get("input")
     shown = "" if isinstance(got, (dict, list)) or e["type"] == "missing" else f" (got {got!r})"
     return f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}"
+
+
+def _field_names(path: tuple) -> list[str]:
+    try:
+        return _known_keys(path)
+    except (KeyError, AttributeError):
+        return []
 
 
 def _known_keys(path: tuple) -> list[str]:
@@ -248,9 +317,13 @@ def load_config(source: TrialConfig | dict | str | Path | None = None, overrides
         if not path.is_file():
             raise ConfigError(f"config: file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError(f"config: {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config: cannot read {path} ({type(exc).__name__})") from None
+        if data is None or data == {}:
+            raise ConfigError(f"config: {path} is empty; give the trial's fields (see configs/digits_thrm.yaml)")
         if not isinstance(data, dict):
             raise ConfigError(f"config: {path} must hold a mapping of fields, got {type(data).__name__}")
         if isinstance(data.get("trial"), dict):  # a sweep profile (sweeps/configs/*.yaml): its trial section

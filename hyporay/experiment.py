@@ -12,20 +12,64 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import yaml
 
 from hyporay import metrics as M
+from hyporay import provenance
 from hyporay.config import ConfigError, TrialConfig, load_config
 from hyporay.data import Dataset, iterate_batches, load_dataset
+from hyporay.data.core import place
 from hyporay.models import build_model
 from hyporay.trainers import OptimConfig, Trainer
 
 CHECKPOINT_FILE = "checkpoint.pt"
 EPOCH = "epoch"
+DIVERGED = "diverged"                  # metric / tag of a trial stopped by a non-finite training loss
 Report = Callable[[dict, str], None]
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss: the trial stops, and its risks are never reported as results."""
+
+    def __init__(self, epoch: int, loss: float):
+        super().__init__(f"diverged at epoch {epoch}: training loss {loss}; no risk is reported (lower train.lr, "
+                         "or check the data)")
+        self.epoch, self.loss = epoch, loss
+
+
+# Fields a resumed run may change: how it is evaluated, named, placed and how long it trains. Any other field
+# shaped the weights already trained, so a resume with another value would mix two trainings.
+RESUMABLE_FIELDS = ("name", "device", "threads", "train.epochs", "eval", "data.root", "data.download",
+                    "data.cache_dir")
+
+
+def check_resumable(saved: TrialConfig, new: TrialConfig) -> None:
+    """Raise ConfigError (one line, naming the first field) when ``new`` changes a trained field of ``saved``."""
+    from hyporay.config import flatten
+
+    old, cur = flatten(saved.model_dump()), flatten(new.model_dump())
+    for key in sorted(set(old) | set(cur)):
+        if any(key == f or key.startswith(f + ".") for f in RESUMABLE_FIELDS):
+            continue
+        if old.get(key) != cur.get(key):
+            raise ConfigError(f"--resume: {key} is {cur.get(key)!r} but the checkpoint was trained with "
+                              f"{old.get(key)!r}; resume with the same value or train anew in another --out")
+
+
+def check_budget(cfg: TrialConfig, in_shape: tuple[int, ...]) -> None:
+    """An l_2 radius beyond the diameter of [0,1]^d (sqrt(d)) covers every image: a typo, refused (ConfigError)."""
+    d = 1
+    for n in in_shape:
+        d *= int(n)
+    for where, a in (("train.attack", cfg.train.attack), ("eval.attack", cfg.eval.attack)):
+        if a.norm == "l2" and a.eps > math.sqrt(d):
+            raise ConfigError(f"{where}.eps: {a.eps:g} is beyond the input range: an l2 ball of radius > "
+                              f"sqrt({d}) = {math.sqrt(d):.3g} covers every [0,1] image of shape {tuple(in_shape)}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -40,7 +84,7 @@ def resolve_device(name: str) -> torch.device:
 def load_trial_data(cfg: TrialConfig) -> Dataset:
     """The trial's data set (train/test split from the seed), with the eval subset applied."""
     d = cfg.data
-    return load_dataset(d.name, root=d.root, seed=d.split_seed, download=d.download, subset_train=d.subset_train,
+    return load_dataset(d.name, root=d.root, seed=cfg.data_seed(), download=d.download, subset_train=d.subset_train,
                         subset_test=d.subset_test, test_fraction=d.test_fraction)
 
 
@@ -72,8 +116,9 @@ def make_trainer(cfg: TrialConfig, model: torch.nn.Module, device: torch.device)
     return Trainer(model, loss=t.trainer, attack=t.attack.spec(), lam=t.lam,
                    optim=OptimConfig(lr=t.effective_lr, momentum=t.momentum, weight_decay=t.weight_decay,
                                      milestones=t.milestones, gamma=t.gamma, optimizer=t.optimizer),
-                   batch_size=t.batch_size, augment=t.augment, amp=t.amp, channels_last=t.channels_last,
-                   concat_forward=t.concat_forward, device=device, seed=cfg.seed, epochs=t.epochs)
+                   batch_size=t.batch_size, augment=t.augment, amp=t.amp, amp_dtype=t.amp_dtype,
+                   channels_last=t.channels_last, compile=t.compile, concat_forward=t.concat_forward,
+                   device=device, seed=cfg.seed, epochs=t.epochs)
 
 
 def evaluate_model(cfg: TrialConfig, model: torch.nn.Module, ds: Dataset, device: torch.device,
@@ -130,6 +175,7 @@ def save_checkpoint(path: Path, cfg: TrialConfig, trainer: Trainer, ds: Dataset,
         "dataset": {"name": ds.name, "in_shape": list(ds.in_shape), "num_classes": ds.num_classes,
                     "mean": list(ds.mean), "std": list(ds.std)},
         "metrics": {k: float(v) for k, v in metrics.items()},
+        "provenance": provenance.of_trial(cfg.model_dump()),
     }
     path.mkdir(parents=True, exist_ok=True)
     tmp = path / (CHECKPOINT_FILE + ".tmp")
@@ -137,22 +183,57 @@ def save_checkpoint(path: Path, cfg: TrialConfig, trainer: Trainer, ds: Dataset,
     os.replace(tmp, path / CHECKPOINT_FILE)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: damaged, foreign or not matching its own config (one line)."""
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a checkpoint written by ``save_checkpoint`` (a directory or the file itself)."""
+    """Load a checkpoint written by ``save_checkpoint`` (a directory or the file itself).
+
+    ``weights_only=True``: a foreign pickle runs no code. A truncated, empty or foreign file, or one without
+    the fields hyporay writes, raises ``CheckpointError`` naming the file and what is wrong.
+    """
     p = Path(path)
     if p.is_dir():
         p = p / CHECKPOINT_FILE
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint: no {CHECKPOINT_FILE} at {path}")
-    return torch.load(p, map_location=map_location, weights_only=True)
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint: {p} is empty (an interrupted write?)")
+    try:
+        with warnings.catch_warnings():  # torch warns about a foreign pickle's protocol before refusing it
+            warnings.simplefilter("ignore")
+            state = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError/UnpicklingError/EOFError/... for bad files
+        text = " ".join(str(exc).split())
+        raise CheckpointError(f"checkpoint: {p} is damaged or not a hyporay checkpoint ({type(exc).__name__}: "
+                              f"{text[:90] + '...' if len(text) > 90 else text})") from None
+    missing = [k for k in ("format", "config", "trainer", "dataset", "metrics") if not isinstance(state, dict)
+               or k not in state]
+    if missing or not isinstance(state.get("trainer"), dict) or "model" not in state["trainer"]:
+        raise CheckpointError(f"checkpoint: {p} is not a hyporay checkpoint (missing "
+                              f"{', '.join(missing) or 'trainer.model'})")
+    state["_path"] = str(p)
+    return state
+
+
+def _saved_config(state: dict) -> TrialConfig:
+    try:
+        return load_config(state["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint: {state.get('_path', '?')}: its config is not valid here ({exc})") from None
 
 
 def model_from_checkpoint(state: dict, device="cpu") -> tuple[torch.nn.Module, TrialConfig]:
-    cfg = load_config(state["config"])
+    cfg = _saved_config(state)
     d = state["dataset"]
     model = build_model(cfg.model.name, in_shape=tuple(d["in_shape"]), num_classes=d["num_classes"],
                         mean=d["mean"], std=d["std"], **cfg.model.kwargs)
-    model.load_state_dict(state["trainer"]["model"])
+    try:
+        model.load_state_dict(state["trainer"]["model"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint: {state.get('_path', '?')}: its weights do not fit model "
+                              f"{cfg.model.name} ({str(exc).strip().splitlines()[0][:160]})") from None
     return model.to(device).eval(), cfg
 
 
@@ -182,19 +263,31 @@ def run_trial(config: TrialConfig | dict | str | Path, report: Report | None = N
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     ds = data if data is not None else load_trial_data(cfg)
+    check_budget(cfg, ds.in_shape)
+    resumed = None
+    if resume_from is not None:
+        resumed = load_checkpoint(resume_from, map_location=device)
+        check_resumable(_saved_config(resumed), cfg)
     x_train, y_train = training_set(cfg, ds, device)
+    if device.type == "cuda":  # GPU-first: the data sets live on the GPU (uint8 stays uint8), batched there
+        x_train, y_train, ds = place(x_train, device), place(y_train, device), ds.to(device, train=False)
     model = make_model(cfg, ds)
     trainer = make_trainer(cfg, model, device)
-    if resume_from is not None:
-        trainer.load_state_dict(load_checkpoint(resume_from, map_location=device)["trainer"])
+    if resumed is not None:
+        try:
+            trainer.load_state_dict(resumed["trainer"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint: {resumed['_path']}: cannot resume from it "
+                                  f"({str(exc).strip().splitlines()[0][:160]})") from None
     epochs = 0 if cfg.variant.name == "naive" else cfg.train.epochs  # Naive: never trained
     metrics: dict = {}
-    if trainer.epoch >= epochs and resume_from is not None:
-        state = load_checkpoint(resume_from)
-        return state["metrics"]
+    if trainer.epoch >= epochs and resumed is not None:
+        return resumed["metrics"]
     start = time.perf_counter()
     for epoch in range(trainer.epoch + 1 if epochs else 0, epochs + 1):
         stats = trainer.train_epoch(x_train, y_train) if epochs else {}
+        if stats and not math.isfinite(stats["train_loss"]):
+            raise Diverged(epoch, stats["train_loss"])
         if not _is_eval_epoch(epoch, cfg, epochs):
             if log:
                 log(_epoch_line(epoch, epochs, stats, None))
@@ -210,10 +303,31 @@ def run_trial(config: TrialConfig | dict | str | Path, report: Report | None = N
     return metrics
 
 
+def _write_json(path: Path, obj: dict) -> None:
+    """Strict JSON (NaN/inf as null: a degenerate model's risks are not numbers), written atomically."""
+    def clean(v):
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({k: clean(v) for k, v in obj.items()}, indent=2, allow_nan=False))
+    os.replace(tmp, path)
+
+
+def write_diverged(out: str | Path, cfg: TrialConfig, exc: Diverged) -> None:
+    """metrics.json of a diverged trial: the fact and the epoch, no risk (they would not mean anything)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "metrics.json", {DIVERGED: 1.0, EPOCH: float(exc.epoch), "train_loss": exc.loss,
+                                       "provenance": provenance.of_trial(cfg.model_dump())})
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+
+
 def _checkpoint_and_report(cfg, trainer, ds, metrics, report, checkpoint_dir) -> None:
     if checkpoint_dir is not None:
         save_checkpoint(Path(checkpoint_dir), cfg, trainer, ds, metrics)
-        (Path(checkpoint_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        _write_json(Path(checkpoint_dir) / "metrics.json",
+                    {**metrics, "provenance": provenance.of_trial(cfg.model_dump())})
+        (Path(checkpoint_dir) / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     if report is None:
         return
     if checkpoint_dir is not None:

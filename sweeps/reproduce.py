@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install too
 
-from hyporay.sweep import Axis, SweepDefinition, main
-from hyporay.sweep.reproduction import grid, options, report
+from hyporay.engine import Axis, SweepDefinition, main
+from hyporay.paper.reproduction import grid, options, report
 
 SWEEP = SweepDefinition(
     name="reproduce",

@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install too
 
-from hyporay.sweep import Axis, SweepDefinition, main  # noqa: E402
-from hyporay.sweep.reports import substandard_report  # noqa: E402
+from hyporay.engine import Axis, SweepDefinition, main  # noqa: E402
+from hyporay.analysis.tables import substandard_report  # noqa: E402
 
 SWEEP = SweepDefinition(
     name="substandard",

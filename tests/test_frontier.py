@@ -10,16 +10,16 @@ from types import SimpleNamespace
 import pytest
 
 from hyporay import metrics as M
-from hyporay.sweep import frontier as F
-from hyporay.sweep import reports as R
+from hyporay.analysis import frontier as F
+from hyporay.analysis import tables as R
 
 X, Y = M.NATURAL_RISK, M.HYPOCRITICAL_RISK
 
 
-def _run(status="FINISHED", params=None, metrics=None, run_id="r"):
-    """A stand-in for an MLflow Run: only .info.status/.info.run_id and .data.params/.data.metrics."""
+def _run(status="FINISHED", params=None, metrics=None, run_id="r", tags=None):
+    """A stand-in for an MLflow Run: only .info.status/.info.run_id and .data.params/.metrics/.tags."""
     return SimpleNamespace(info=SimpleNamespace(status=status, run_id=run_id),
-                           data=SimpleNamespace(params=params or {}, metrics=metrics or {}))
+                           data=SimpleNamespace(params=params or {}, metrics=metrics or {}, tags=tags or {}))
 
 
 # --- Pareto mask ---------------------------------------------------------------------------------------
@@ -95,9 +95,16 @@ def test_rows_from_runs_uses_label_key_and_skips_unfinished():
         _run("FAILED", params={"train.trainer": "pgd_at", "train.attack.eps": "0.2"}),
         _run(params={"train.trainer": "pgd_at", "train.attack.eps": "0.2"}, metrics={X: 0.3}),  # no R_hyp(D-)
     ]
-    rows, skipped = F.rows_from_runs(runs, "train.attack.eps")
-    assert skipped == 3
+    rows, left_out = F.rows_from_runs(runs, "train.attack.eps")
+    assert left_out == {"unfinished": 2, "without risks": 1}
     assert [(r["label"], r["run_id"]) for r in rows] == [(0.05, "a"), (0.0, "b")]
+    # diverged and degenerate models are never points, and are counted as such
+    bad = [_run("FAILED", params={"train.trainer": "thrm"}, tags={"diverged": "true"}),
+           _run(params={"train.trainer": "thrm"}, metrics={X: 0.9, "degenerate": 1.0}, tags={"degenerate": "true"}),
+           _run(params={"train.trainer": "thrm"}, metrics={X: 0.0, "n_misclassified": 0.0})]
+    rows, left_out = F.rows_from_runs(runs[:1] + bad)
+    assert len(rows) == 1 and left_out == {"diverged": 1, "degenerate": 1, "no mistakes": 1}
+    assert R.describe_left_out(left_out) == "1 degenerate, 1 diverged, 1 no mistakes"
     # default label: train.lam, 0 when a run has no such param (natural training)
     rows, _ = F.rows_from_runs(runs[:1])
     assert rows[0]["label"] == 0.0
@@ -163,8 +170,9 @@ def test_final_rows_and_mean_by():
     runs = [_run(params={"model.name": "mlp", "seed": "0"}, metrics={"acc_clean": 0.9}, run_id="a"),
             _run(params={"model.name": "mlp", "seed": "1"}, metrics={"acc_clean": 0.8}, run_id="b"),
             _run("KILLED", params={"model.name": "mlp"}, metrics={"acc_clean": 0.1})]
-    rows, skipped = R.final_rows(runs)
-    assert skipped == 1 and [r["run_id"] for r in rows] == ["a", "b"] and rows[0]["model.name"] == "mlp"
+    rows, left_out = R.final_rows(runs)
+    assert left_out == {"unfinished": 1} and [r["run_id"] for r in rows] == ["a", "b"]
+    assert rows[0]["model.name"] == "mlp"
     [g] = R.mean_by(rows, ["model.name"], ["acc_clean", "acc_adv"])
     assert g["n_seeds"] == 2 and g["acc_clean"] == pytest.approx(0.85)
     assert g["acc_clean_std"] == pytest.approx(math.sqrt(0.005))
@@ -303,7 +311,7 @@ def test_convergence_verdict_flags_a_stronger_attack_that_helps():
 # --- ``hyporay frontier`` on a small MLflow store -------------------------------------------------------
 
 def _child(c, exp_id, parent_id, trainer, lam, risks, status="FINISHED"):
-    from hyporay.sweep import tracking
+    from hyporay.engine import tracking
 
     run = c.create_run(exp_id, run_name=f"{trainer}-{lam}", tags={tracking.PARENT_TAG: parent_id,
                                                                    tracking.ROLE_TAG: "trial"})
@@ -318,7 +326,7 @@ def _child(c, exp_id, parent_id, trainer, lam, risks, status="FINISHED"):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from hyporay.sweep import tracking
+    from hyporay.engine import tracking
 
     d = tmp_path_factory.mktemp("mlflow")
     uri = tracking.default_tracking_uri(d)
@@ -338,14 +346,14 @@ def store(tmp_path_factory):
 
 def test_cli_frontier_rebuilds_from_the_latest_parent(store, tmp_path, capsys):
     from hyporay.cli import main
-    from hyporay.sweep import tracking
+    from hyporay.engine import tracking
 
     out = tmp_path / "fr"
     assert main(["frontier", "--experiment", "thrm_lambda-local", "--tracking-uri", store.uri, "--out",
                  str(out)]) == 0
     text = capsys.readouterr().out
     assert f"parent run {store.parent}" in text
-    assert "skipped 2 unfinished run(s)" in text and "from 3 finished run(s) in 3 point(s)" in text
+    assert "from 3 finished run(s) in 3 point(s); left out 2 unfinished run(s)" in text
     assert "trainer   lambda seeds" in text
     rows = _read_csv(out / "frontier.csv")
     assert [(r["trainer"], float(r["lam"])) for r in rows] == [("thrm", 5.0), ("trades", 1.0), ("trades", 5.0)]
@@ -363,7 +371,7 @@ def test_cli_frontier_with_parent_and_label_key(store, tmp_path, capsys):
                  "--out", str(tmp_path / "o"), "--label-key", "model.name"]) == 0
     text = capsys.readouterr().out
     assert text.splitlines()[2].split()[:3] == ["trainer", "model", "seeds"]
-    assert "mlp" in text and "skipped 0 unfinished" in text
+    assert "mlp" in text and "left out" not in text
 
 
 @pytest.mark.parametrize("args, message", [

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hyporay.config import ConfigError
-from hyporay.sweep import optuna_search as O
+from hyporay.engine import search as O
 
 
 @pytest.mark.parametrize("raw, kw, message", [

@@ -1,4 +1,4 @@
-"""hyporay.sweep.stats on hand-made inputs with known answers."""
+"""hyporay.analysis.stats on hand-made inputs with known answers."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from hyporay.sweep import stats as S
+from hyporay.analysis import stats as S
 
 
 def test_hypervolume_single_point():

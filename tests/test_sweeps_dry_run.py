@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hyporay.sweep import main
+from hyporay.engine import main
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = ROOT / "sweeps"

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 from browser import MLFLOW_UI_STORAGE, BrowserError, Chromium, MlflowServer  # noqa: E402
 
 from hyporay import metrics as M  # noqa: E402
-from hyporay.sweep import tracking  # noqa: E402
+from hyporay.engine import tracking  # noqa: E402
 
 VIEW_TAG = f"mlflow.sharedViewState.{tracking.FRONTIER_VIEW_KEY}"
 

@@ -1,6 +1,8 @@
 """The one PGD engine. Every attack in hyporay is ``pgd`` with a threat model and an objective."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import asdict, dataclass
 
 import torch
@@ -22,6 +24,25 @@ _AUTO_START = {
     "targeted": ("gaussian", 0.01),
     "stability": ("gaussian", 0.001),
 }
+
+
+# Set by ``inputs_in_range``: the caller guarantees x in [0,1], so ``pgd`` skips its per-call range check.
+_RANGE_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("hyporay_pgd_range_checked", default=False)
+
+
+@contextlib.contextmanager
+def inputs_in_range():
+    """Within this block ``pgd`` trusts that x lies in [0,1] and skips its per-call check.
+
+    The check reads x's min and max back to the host: on a GPU that stalls the device at every attack call.
+    The trainer enters this block for its epoch; its batches come from data it validated once (uint8, or
+    float checked in [0,1] per epoch) through crop/flip, which keep the range.
+    """
+    token = _RANGE_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _RANGE_CHECKED.reset(token)
 
 
 def _known(names) -> str:
@@ -80,7 +101,7 @@ def prepare_attack(x: Tensor, y: Tensor, objective: str, score: str, target: Ten
     """
     if not torch.is_floating_point(x):
         raise ValueError(f"x: must be a floating-point tensor in [0,1], got dtype {x.dtype}")
-    if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
+    if not _RANGE_CHECKED.get() and x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
         raise ValueError("x: values must lie in [0,1] (normalisation belongs inside the model)")
     obj = make_objective(objective, score)
     if obj.needs_target and target is None:

@@ -6,6 +6,6 @@ normalises inside (``model.normalize``), so perturbation budgets are in pixel un
 """
 
 from . import linf_dist, resnet, small, vgg, wideresnet  # noqa: F401  (register the architectures)
-from .registry import MODELS, Normalize, build_model, list_models, register_model
+from .registry import MODELS, Normalize, build_model, list_models, model_options, register_model
 
-__all__ = ["MODELS", "Normalize", "build_model", "list_models", "register_model"]
+__all__ = ["MODELS", "Normalize", "build_model", "list_models", "model_options", "register_model"]

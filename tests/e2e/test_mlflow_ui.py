@@ -44,7 +44,7 @@ def sweep(chromium_exe, small_sweep):
     links = dict(re.findall(r"^(runs|frontier chart):\s+(\S+)$", out, re.M))
     assert set(links) == {"runs", "frontier chart"}, f"links missing from the sweep's output:\n{out[-2000:]}"
 
-    from hyporay.sweep import tracking
+    from hyporay.engine import tracking
 
     uri = tracking.default_tracking_uri(work)
     exp_id = re.search(r"^experiment:\s+.*\(id (\S+)\)$", out, re.M).group(1)

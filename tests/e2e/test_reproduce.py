@@ -25,7 +25,7 @@ def test_reduced_reproduction_writes_every_section_and_a_verdict_per_claim(tmp_p
          "--set", "variant.steps=10", "--set", "variant.source_epochs=2", "--bootstrap", "200", "--out", str(out)],
         cwd=tmp_path, env=sweep_env(), capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "trials: 11 finished, 0 failed, 0 not finished" in r.stdout
+    assert "trials: 11 finished, 0 diverged, 0 failed, 0 not finished" in r.stdout
     text = (out / "report.md").read_text()
     for s in SECTIONS:
         assert s in text, s
@@ -72,7 +72,7 @@ def test_paper_profile_dry_run(tmp_path):
 
 def test_reproduction_grid_parts_and_paper_exceptions():
     sys.path.insert(0, str(ROOT))
-    from hyporay.sweep.reproduction import grid, parts_of
+    from hyporay.paper.reproduction import grid, parts_of
 
     base = {"data": {"name": "digits"}, "model": {"name": "mlp"}, "train": {"epochs": 3}}
     vals = {"train.lam": [0, 10], "model.name": ["mlp", "cnn"], "variant.name": ["noise", "quality"]}

@@ -66,7 +66,7 @@ from typing import Any
 from hyporay import metrics as M
 from hyporay.cliutil import OneLineParser, run_user_command
 from hyporay.config import ConfigError, flatten, load_config, merge, parse_overrides
-from hyporay.sweep import tracking
+from hyporay.engine import tracking
 
 OBJECTIVE = "objective"                 # metric and Optuna value of the budget search
 EPOCHS_TRAINED = "epochs_trained"       # per trial: epochs it really trained (pruned trials: fewer)
@@ -609,7 +609,7 @@ def run_trials(s: Session, say=print) -> list[TrialOutcome]:
     import ray
     from optuna.trial import TrialState
 
-    from hyporay.sweep.trainable import run_name
+    from hyporay.engine.trainable import run_name
 
     c = tracking.client(s.tracking_uri)
     task = ray.remote(run_optuna_trial).options(
@@ -992,29 +992,28 @@ def build_parser(defn: SearchDefinition) -> argparse.ArgumentParser:
 
 def run_search(defn: SearchDefinition, argv: list[str] | None = None, configs_dir: Path | None = None) -> int:
     """Run a search as its script does (exit status; user errors as one line), leaving Ray running."""
+    from hyporay.cluster.resources import bind_loopback_if_local
+
     args = build_parser(defn).parse_args(argv)
+    bind_loopback_if_local(args.address)  # before anything imports ray
     configs = configs_dir or Path(__file__).resolve().parents[2] / "sweeps" / "configs"
     return run_user_command(lambda: _main(defn, args, configs), defn.name)
 
 
 def main(defn: SearchDefinition, argv: list[str] | None = None, configs_dir: Path | None = None) -> int:
     """The scripts' entry point: ``run_search``, then Ray shut down."""
+    from hyporay.cluster.resources import shutdown_ray
+
     try:
         return run_search(defn, argv, configs_dir)
     finally:
-        try:
-            import ray
-
-            if ray.is_initialized():
-                ray.shutdown()
-        except ImportError:
-            pass
+        shutdown_ray()
 
 
 def base_trial(defn: SearchDefinition, args, prof: dict, space: list[Param], defaults: dict, workdir: Path) -> dict:
     """The trial config every trial starts from (validated): the profile's trial section, the search's own
     fields (trainer, a fixed lambda), then ``--set``; data paths absolute (Ray workers run elsewhere)."""
-    from hyporay.sweep.engine import absolute_paths
+    from hyporay.engine.driver import absolute_paths
 
     over: dict = {}
     for k, v in defn.defaults.items():
@@ -1037,7 +1036,7 @@ def _positive(name: str, v, minimum: float = 1) -> None:
 
 
 def _main(defn: SearchDefinition, args, configs_dir: Path) -> int:  # noqa: C901 - the driver, step by step
-    from hyporay.sweep.engine import choose_profile, load_profile
+    from hyporay.engine.driver import choose_profile, load_profile
 
     workdir = Path.cwd()
     # 1. everything that needs no profile: flags, search space, storage (before Ray starts, so errors are fast)
@@ -1066,7 +1065,7 @@ def _main(defn: SearchDefinition, args, configs_dir: Path) -> int:  # noqa: C901
         tracking.check_reachable(tracking_uri)
 
     # 2. Ray and the profile
-    from hyporay.sweep.cluster import cluster_info, init_ray, trial_resources
+    from hyporay.cluster.resources import cluster_info, init_ray, trial_resources
 
     info = None
     if not args.dry_run or args.profile == "auto" and (args.address or os.environ.get("RAY_ADDRESS")):

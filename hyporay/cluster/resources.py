@@ -15,24 +15,61 @@ class ClusterInfo:
     nodes: int
 
 
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def joins_cluster(address: str | None) -> bool:
+    """Whether Ray will join a running cluster (``address`` or RAY_ADDRESS) rather than start a local one."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    return bool(address) and address != "local"
+
+
+def bind_loopback_if_local(address: str | None = None) -> bool:
+    """Make the local Ray this process will start listen on 127.0.0.1 only. Call before the first ``import ray``.
+
+    Ray on Linux binds every interface even for a local instance; RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps it on
+    loopback, but Ray reads it when it is imported (reference §8). Never set for a cluster: a driver that takes
+    127.0.0.1 as its address cannot join one. Returns whether loopback binding is in effect for this process.
+    """
+    import sys
+
+    if joins_cluster(address):
+        return False
+    if "ray" not in sys.modules:
+        os.environ.setdefault(LOOPBACK_ENV, "0")
+    return os.environ.get(LOOPBACK_ENV) == "0"
+
+
 def init_ray(address: str | None = None, *, num_cpus: int | None = None):
     """Connect to a running cluster when RAY_ADDRESS (or ``address``) says so, else start a fresh local Ray.
 
-    A local Ray binds 127.0.0.1 only (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) and is always a new instance
+    A local Ray binds 127.0.0.1 only (see ``bind_loopback_if_local``) and is always a new instance
     (``address="local"``): a dead cluster's address left in Ray's temp dir would otherwise hang init.
     """
+    loopback = bind_loopback_if_local(address)
     import ray
 
     if ray.is_initialized():
         return ray
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address and address != "local":
+    if joins_cluster(address):
         ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     else:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        if not loopback:
+            print(f"note: ray was imported before hyporay could set {LOOPBACK_ENV}=0: this local Ray listens on "
+                  f"every interface; export {LOOPBACK_ENV}=0 before importing ray", flush=True)
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR",
                  log_to_driver=False)
     return ray
+
+
+def shutdown_ray() -> None:
+    """``ray.shutdown()`` if this process started or joined Ray (never imports ray just to ask)."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 def cluster_info() -> ClusterInfo:

@@ -21,10 +21,10 @@ import numpy as np
 
 from hyporay import metrics as M
 from hyporay.config import load_config, merge
-from hyporay.sweep import frontier as F
-from hyporay.sweep import reports as R
-from hyporay.sweep import stats as S
-from hyporay.sweep import tracking
+from hyporay.analysis import frontier as F
+from hyporay.analysis import tables as R
+from hyporay.analysis import stats as S
+from hyporay.engine import tracking
 
 T3_VARIANTS = ("quality", "poisoning")
 T3_TRAINERS = (("natural", 0.0), ("pgd_at", 0.0), ("trades", 6.0))   # Table 3: TRADES with λ = 6
@@ -496,7 +496,7 @@ def build_report(rows: list[dict], trials: list[dict], profile: str, out: Path, 
             "reference point; larger is a better trade-off. Claim 4 bounds it at the natural risk both trainers "
             "reach; an earlier version of this rule used the whole square [0, 1]², and was tightened after a run "
             "showed that the whole-square difference came from THRM reaching natural risks TRADES never reaches."),
-           ("- Verdicts are computed by `hyporay/sweep/reproduction.py` (`claim1` ... `claim5`) from the MLflow child "
+           ("- Verdicts are computed by `hyporay/paper/reproduction.py` (`claim1` ... `claim5`) from the MLflow child "
            "runs of this sweep; nothing in this report is written by hand."), ""]
     text = "\n".join(md)
     (out / "report.md").write_text(text)
@@ -509,18 +509,18 @@ def report(ctx: dict) -> list[Path]:
     """The sweep's ``after`` hook: rows from the finished child runs, report under --out, verdict lines."""
     args = ctx.get("args")
     out = Path(getattr(args, "out", None) or f"docs/results/{ctx['profile']}")
-    from hyporay.sweep.trainable import trial_key
+    from hyporay.engine.trainable import trial_key
 
     by_key = {trial_key(t): t for t in ctx["trials"]}
     model3 = _model3(ctx["trials"])
-    rows, skipped = R.final_rows(ctx["runs"])
-    if skipped:
-        print(f"report: skipped {skipped} unfinished run(s)", flush=True)
+    rows, left_out = R.final_rows(ctx["runs"])
+    R._say_skipped(left_out)
     keyed = {r.info.run_id: r.data.tags.get(tracking.TRIAL_KEY_TAG) for r in ctx["runs"]}
     for r in rows:
         t = by_key.get(keyed.get(r[R.RUN_ID]))
         r["_parts"] = parts_of(t, model3) if t else set()
-    counts = f"{len(rows)} finished, {skipped} not finished, of {len(ctx['trials'])}"
+    left = R.describe_left_out(left_out)
+    counts = f"{len(rows)} finished, of {len(ctx['trials'])}" + (f"; left out: {left}" if left else "")
     command = ctx.get("command") or "python sweeps/reproduce.py " + shlex.join(sys.argv[1:])
     _text, claims, paths = build_report(rows, ctx["trials"], ctx["profile"], out, command=command,
                                        commit=_git_commit(Path(__file__).resolve().parent), hardware=_hardware(),
@@ -541,7 +541,7 @@ def rebuild(name: str, storage: str = "hyporay_runs", out: str | None = None, co
     state = json.loads((Path(storage) / name / "hyporay_sweep.json").read_text())
     c = tracking.client(state["tracking_uri"])
     runs = tracking.child_runs(c, state["experiment_id"], state["parent_run_id"])
-    how = f"python -m hyporay.sweep.reproduction --rebuild {name}"
+    how = f"python -m hyporay.paper.reproduction --rebuild {name}"
     ctx = {"runs": runs, "trials": state["trials"], "profile": state["profile"],
            "args": argparse.Namespace(out=out, bootstrap=n_boot),
            "command": f"{command} (report rebuilt from its runs by {how})" if command else how}

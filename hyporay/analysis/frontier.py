@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import csv
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hyporay import metrics as M
-from hyporay.sweep import tracking
 
 X, Y = M.NATURAL_RISK, M.HYPOCRITICAL_RISK
 DEFAULT_LABEL = "train.lam"
@@ -221,25 +220,25 @@ def write_artifacts(points: list[FrontierPoint], out_dir: str | Path, title: str
             write_html(points, out / "frontier.html", title)]
 
 
-def rows_from_runs(runs, label_key: str = DEFAULT_LABEL) -> tuple[list[dict], int]:
-    """Frontier rows from MLflow child runs (finished ones); returns (rows, skipped unfinished).
+def rows_from_runs(runs, label_key: str = DEFAULT_LABEL) -> tuple[list[dict], Counter]:
+    """Frontier rows from MLflow child runs; returns (rows, Counter of the runs left out and why).
 
     Each row: trainer, label (the run's ``label_key`` param, a number when it reads as one), seed, the two risks
-    and the run id. Runs that are not FINISHED, or lack either risk, are skipped.
+    and the run id. Unfinished, diverged and degenerate runs are left out (``reports.final_rows``), and so are
+    runs without both risks (a model without mistakes: ``no mistakes``).
     """
-    rows, skipped = [], 0
-    for r in runs:
-        if r.info.status != "FINISHED":
-            skipped += 1
+    from hyporay.analysis.tables import final_rows
+
+    rows = []
+    finals, left_out = final_rows(runs)
+    for r in finals:
+        if X not in r or Y not in r:
+            left_out["no mistakes" if r.get(M.N_MISCLASSIFIED) == 0 else "without risks"] += 1
             continue
-        p, m = r.data.params, r.data.metrics
-        if X not in m or Y not in m:
-            skipped += 1
-            continue
-        raw = p.get(label_key, 0 if label_key == DEFAULT_LABEL else None)
-        rows.append({"trainer": p.get("train.trainer"), "label": parse_label(raw),
-                     "seed": p.get("seed"), X: m[X], Y: m[Y], "run_id": r.info.run_id})
-    return rows, skipped
+        raw = r.get(label_key, 0 if label_key == DEFAULT_LABEL else None)
+        rows.append({"trainer": r.get("train.trainer"), "label": parse_label(raw),
+                     "seed": r.get("seed"), X: r[X], Y: r[Y], "run_id": r["run_id"]})
+    return rows, left_out
 
 
 # --- from MLflow runs to artefacts on the parent run ------------------------------------------------------
@@ -247,7 +246,7 @@ def rows_from_runs(runs, label_key: str = DEFAULT_LABEL) -> tuple[list[dict], in
 @dataclass
 class Frontier:
     points: list[FrontierPoint]
-    skipped: int                   # child runs not finished (or without both risks)
+    left_out: Counter              # child runs not on the frontier, by why (unfinished, diverged, degenerate, ...)
     artefacts: list[Path]
 
 
@@ -262,14 +261,16 @@ def title_for(sweep: str, profile: str, runs) -> str:
 
 def build(runs, out_dir: str | Path, title: str, label_key: str = DEFAULT_LABEL) -> Frontier:
     """Points from the finished child runs, written as frontier.csv/png/html under ``out_dir``."""
-    rows, skipped = rows_from_runs(runs, label_key)
+    rows, left_out = rows_from_runs(runs, label_key)
     points = aggregate(rows, label_key)
-    return Frontier(points, skipped, write_artifacts(points, out_dir, title))
+    return Frontier(points, left_out, write_artifacts(points, out_dir, title))
 
 
 def publish(c, tracking_uri: str, experiment_id: str, parent_id: str, runs, artefacts) -> str | None:
     """Log ``artefacts`` to the parent run and rewrite the experiment's shared frontier chart (when the runs
     logged the risks); returns the chart's link or None."""
+    from hyporay.engine import tracking
+
     for a in artefacts:
         tracking.retry(c.log_artifact, parent_id, str(a))
     metric_keys = sorted({k for r in runs for k in r.data.metrics})
@@ -287,6 +288,8 @@ def rebuild_for_parent(tracking_uri: str, experiment_id: str, parent_id: str, ou
     else ``train.lam``. Logs the artefacts to the parent run and rewrites the shared chart; returns the
     frontier and the chart's link.
     """
+    from hyporay.engine import tracking
+
     c = tracking.client(tracking_uri)
     parent = tracking.retry(c.get_run, parent_id)
     tags = parent.data.tags

@@ -8,7 +8,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from hyporay.sweep import tracking
+from hyporay import provenance
+from hyporay.engine import tracking
 
 
 def trial_key(trial: dict) -> str:
@@ -17,7 +18,11 @@ def trial_key(trial: dict) -> str:
 
 
 def data_key(trial: dict) -> str:
-    return json.dumps(trial.get("data", {}), sort_keys=True)
+    """Trials with equal keys train and test on the same tensors (``split_seed: trial`` resolved to the seed)."""
+    data = dict(trial.get("data", {}))
+    if data.get("split_seed") == "trial":
+        data["split_seed"] = trial.get("seed", 0)
+    return json.dumps(data, sort_keys=True)
 
 
 def run_name(trial: dict, extra_keys: list[str] | tuple[str, ...] = ()) -> str:
@@ -52,15 +57,23 @@ def tune_trainable(config: dict, datasets: dict | None = None) -> None:
     import ray
     from ray import tune
 
-    from hyporay.experiment import run_trial
+    from hyporay.experiment import Diverged, run_trial
 
     trial, meta = config["trial"], config["meta"]
     c = tracking.client(meta["tracking_uri"])
     key = trial_key(trial)
+    prov = tracking.provenance_tags(provenance.of_trial(trial))
     run_id = tracking.find_or_create_child(c, meta["experiment_id"], meta["parent_run_id"], key,
                                            run_name(trial, meta.get("name_keys", ())),
-                                           meta.get("tags", {}) | _trial_tags(trial))
+                                           meta.get("tags", {}) | _trial_tags(trial) | prov)
+    run = tracking.retry(c.get_run, run_id)
+    if tracking.is_final(run):
+        # a --resume can restart a trial that had finished (or diverged) just before the interrupt: its run is a
+        # result already; leave it as it is (no second end time, no re-logged epoch) and hand Tune its metrics
+        tune.report({**run.data.metrics, "mlflow_run_id": run_id})
+        return
     tracking.retry(c.set_tag, run_id, "ray_node_id", ray.get_runtime_context().get_node_id())  # last node it ran on
+    tracking.note_code_change(c, run, prov)  # a retry or --resume on other code: the run is marked mixed
     resume_dir = None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
@@ -96,7 +109,13 @@ def tune_trainable(config: dict, datasets: dict | None = None) -> None:
 
     try:
         data = (datasets or {}).get(data_key(trial))
-        run_trial(trial, report, data=data, resume_from=resume_dir)
+        try:
+            final = run_trial(trial, report, data=data, resume_from=resume_dir)
+        except Diverged as exc:  # a result, not a crash: FAILED, tagged, and not retried (it would diverge again)
+            tracking.mark_diverged(c, run_id, exc.epoch, exc.loss)
+            tune.report({"diverged": 1.0, "epoch": float(exc.epoch), "mlflow_run_id": run_id})
+            return
+        tracking.mark_degenerate(c, run_id, final)
         if audit_dir is not None:
             log_audit(c, run_id, trial, audit, audit_dir, resume_dir, data)
     except BaseException:

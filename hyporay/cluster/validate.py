@@ -10,7 +10,8 @@ Two layers, no cloud call and no credentials needed:
 2. hyporay's rules: a worker type with whole GPUs, integer node resources, the image's Ray version equal to
    the installed Ray, storage for Ray Tune set once and shared by all nodes (S3/GCS or a mounted NFS path),
    an MLflow server on the head that workers can reach and the head's environment pointing sweeps at the
-   cluster and the server, no port but SSH opened to the internet, and on AWS an explicit AMI (Ray's default
+   cluster and the server, no port but SSH open to any public address (CIDRs reasoned about, not matched),
+   no service bound to every interface (dashboard, MLflow, Ray: the private address or loopback), and on AWS an explicit AMI (Ray's default
    is too old for CUDA 12) and, with S3 storage, an instance profile on GPU workers for their checkpoints.
 
 Every problem is one line naming the field. Exit status of the command: 0 valid, 1 invalid, 2 unreadable.
@@ -103,6 +104,7 @@ def check(config: Any, name: str = "cluster.yaml") -> Result:
     mlflow = rule(_check_mlflow, cfg, res)
     rule(_check_head_env, config, res)
     rule(_check_exposure, cfg, res)
+    rule(_check_binds, config, res)
     rule(_check_ami, cfg, res)
     rule(_check_worker_iam, cfg, res, storage)
     rule(_notes, config, res)
@@ -399,7 +401,7 @@ def _check_mlflow(cfg: dict, res: Result) -> str:
     host = (_start_flag(server, "--host") or _start_flag(server, "-h") or ["127.0.0.1"])[0]
     if host in ("127.0.0.1", "localhost"):
         res.problems.append(f"mlflow: the server binds {host} (MLflow's default); workers cannot reach it: bind "
-                            "0.0.0.0 or the head's private IP (--host)")
+                            "the head's private IP (--host $IP)")
     return (_start_flag(server, "--port") or _start_flag(server, "-p") or ["5000"])[0]
 
 
@@ -417,6 +419,25 @@ def _check_head_env(cfg: dict, res: Result) -> None:
                                 f"echo \"export {var}=...\" >> ~/.bashrc)")
 
 
+# Address blocks no internet host can come from (RFC 1918/6598/5737/4193, loopback, link-local, reserved):
+# an ingress rule whose CIDR lies inside one of them admits no public address.
+NON_PUBLIC = [ipaddress.ip_network(n) for n in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.0.0.0/24",
+    "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "240.0.0.0/4",
+    "::1/128", "::/128", "fc00::/7", "fe80::/10", "2001:db8::/32")]
+
+
+def admits_public(cidr: str) -> bool:
+    """Whether an ingress CIDR lets in some public internet address (``0.0.0.0/1`` does, ``10.0.0.0/8`` does not).
+
+    Unparseable CIDRs count as public: a rule that cannot be reasoned about is not known to be safe."""
+    try:
+        net = ipaddress.ip_network(str(cidr).strip(), strict=False)
+    except ValueError:
+        return True
+    return not any(net.version == b.version and net.subnet_of(b) for b in NON_PUBLIC)
+
+
 def _check_exposure(cfg: dict, res: Result) -> None:
     rules = ((cfg.get("provider") or {}).get("security_group") or {}).get("IpPermissions") or []
     for r in rules:
@@ -424,13 +445,40 @@ def _check_exposure(cfg: dict, res: Result) -> None:
             continue
         cidrs = [x.get("CidrIp") for x in r.get("IpRanges") or [] if isinstance(x, dict)]
         cidrs += [x.get("CidrIpv6") for x in r.get("Ipv6Ranges") or [] if isinstance(x, dict)]
-        if any(c in ("0.0.0.0/0", "::/0") for c in cidrs):
-            lo, hi = r.get("FromPort"), r.get("ToPort")
-            if not (lo == hi == 22):
-                ports = lo if lo == hi else f"{lo}-{hi}"
-                res.problems.append(f"provider.security_group.IpPermissions: port {ports} is open to the internet "
-                                    f"({', '.join(c for c in cidrs if c)}); reach MLflow and the dashboard by SSH "
-                                    "port forwarding (ray attach -p 5000, ray dashboard) instead")
+        public = [str(c) for c in cidrs if c and admits_public(c)]
+        lo, hi = r.get("FromPort"), r.get("ToPort")
+        if str(r.get("IpProtocol", "tcp")) == "-1":  # every protocol: every port
+            lo, hi = 0, 65535
+        if public and not (lo == hi == 22):
+            ports = lo if lo == hi else f"{lo}-{hi}"
+            res.problems.append(f"provider.security_group.IpPermissions: port {ports} is open to public addresses "
+                                f"({', '.join(public)}); only SSH (22) may be: reach MLflow and the dashboard by SSH "
+                                "port forwarding (ray attach -p 5000, ray dashboard) instead")
+
+
+WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "*", "")
+
+
+def _check_binds(cfg: dict, res: Result) -> None:
+    """Services inside the cluster bind the private address (or loopback), never every interface."""
+    cmds = [str(c) for k in COMMAND_LISTS for c in cfg.get(k) or []]
+    for flag, what in (("--dashboard-host", "the Ray dashboard (its Jobs API runs code unauthenticated)"),
+                       ("--node-ip-address", "Ray"), ("--ray-client-server-host", "Ray client")):
+        for v in _start_flag(cmds, flag):
+            if v in WILDCARD_HOSTS:
+                res.problems.append(f"head_start_ray_commands: {flag}={v} binds {what} on every interface; leave "
+                                    "the dashboard on 127.0.0.1 (Ray's default) and reach it with `ray dashboard`")
+    for c in cmds:
+        if re.search(r"\bmlflow\s+server\b", c):
+            for v in _start_flag([c], "--host") + _start_flag([c], "-h"):
+                if v in WILDCARD_HOSTS:
+                    res.problems.append(f"mlflow: the server binds {v or '0.0.0.0'} (every interface); bind the head's "
+                                        "private IP (--host $IP, for the workers) and 127.0.0.1 (--gunicorn-opts "
+                                        "'--bind 127.0.0.1:PORT', for the `ray attach -p` tunnel)")
+            for v in re.findall(r"--bind[= ]+(\S+)", c):
+                if v.strip("'\"").rsplit(":", 1)[0] in WILDCARD_HOSTS:
+                    res.problems.append(f"mlflow: --bind {v.strip(chr(39) + chr(34))} binds every interface; bind "
+                                        "127.0.0.1 and the head's private IP only")
 
 
 def _check_ami(cfg: dict, res: Result) -> None:

@@ -28,6 +28,9 @@ STATE_TAG = "hyporay.state"
 FRONTIER_LABEL_TAG = "hyporay.frontier_label"  # parent run: the trial field frontier points are labelled by
 FRONTIER_VIEW_KEY = "hyporay-frontier"
 UI_PORT = 5000
+DIVERGED_TAG = "diverged"            # "true" on a trial stopped by a non-finite training loss (run FAILED)
+DIVERGED_EPOCH_TAG = "diverged_epoch"
+DEGENERATE_TAG = "degenerate"        # "true" on a finished trial whose model is constant or non-finite
 
 
 class TrackingError(ValueError):
@@ -86,17 +89,39 @@ def retry(fn, *args, attempts: int = 8, **kwargs):
     raise AssertionError("unreachable")
 
 
+def _store_lock(tracking_uri: str):
+    """A file lock beside a SQLite store (a no-op context for a server, which serialises itself)."""
+    import contextlib
+
+    from filelock import FileLock
+
+    if tracking_uri.startswith("sqlite:///"):
+        return FileLock(tracking_uri[len("sqlite:///"):] + ".lock", timeout=300)
+    return contextlib.nullcontext()
+
+
 def ensure_experiment(tracking_uri: str, name: str) -> str:
-    """Create (or find) the experiment; returns its id. Marks it as a model-training experiment."""
-    c = client(tracking_uri)
-    exp = c.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            raise TrackingError(f"experiment: {name!r} is deleted in {tracking_uri}; restore it or pick another "
-                                "name")
-        return exp.experiment_id
-    return c.create_experiment(name, artifact_location=default_artifact_location(tracking_uri),
-                               tags={"mlflow.experimentKind": "custom_model_development"})
+    """Create (or find) the experiment; returns its id. Marks it as a model-training experiment.
+
+    Under a file lock beside a SQLite store: two sweeps started at once on a fresh store would otherwise both
+    create its schema (``table latest_metrics already exists``) or the same experiment.
+    """
+    with _store_lock(tracking_uri):
+        c = client(tracking_uri)
+        exp = retry(c.get_experiment_by_name, name)
+        if exp is None:
+            try:
+                return c.create_experiment(name, artifact_location=default_artifact_location(tracking_uri),
+                                           tags={"mlflow.experimentKind": "custom_model_development"})
+            except Exception as exc:  # noqa: BLE001 - a server: another driver created it first
+                exp = retry(c.get_experiment_by_name, name)
+                if exp is None:
+                    raise TrackingError(f"experiment: cannot create {name!r} in {tracking_uri} "
+                                        f"({str(exc).splitlines()[0][:160]})") from None
+    if exp.lifecycle_stage == "deleted":
+        raise TrackingError(f"experiment: {name!r} is deleted in {tracking_uri}; restore it or pick another "
+                            "name")
+    return exp.experiment_id
 
 
 def log_params(c, run_id: str, params: dict[str, Any]) -> None:
@@ -133,6 +158,57 @@ def find_or_create_child(c, experiment_id: str, parent_id: str, trial_key: str, 
     run = retry(c.create_run, experiment_id, run_name=run_name,
                 tags={PARENT_TAG: parent_id, TRIAL_KEY_TAG: trial_key, ROLE_TAG: "trial", **tags})
     return run.info.run_id
+
+
+MIXED_TAG = "hyporay.provenance_mixed"   # a run continued on other code than it started with: what, in order
+
+
+def provenance_tags(prov: dict) -> dict[str, str]:
+    """hyporay's provenance as MLflow tags, plus MLflow's own ``mlflow.source.git.commit`` (shown in the UI)."""
+    from hyporay import provenance
+
+    tags = {k: str(v) for k, v in prov.items()}
+    if not str(prov.get(provenance.COMMIT, "unknown")).startswith("unknown"):
+        tags["mlflow.source.git.commit"] = str(prov[provenance.COMMIT])
+    return tags
+
+
+def note_code_change(c, run, prov_tags: dict) -> None:
+    """When a run restarts (retry, --resume) on code other than the one it started on, tag it mixed."""
+    from hyporay import provenance
+
+    old = run.data.tags
+    keys = (provenance.COMMIT, provenance.DIFF)
+    if all(k in old for k in keys) and any(old[k] != prov_tags.get(k) for k in keys):
+        before = old.get(MIXED_TAG) or provenance.describe(old)
+        retry(c.set_tag, run.info.run_id, MIXED_TAG, f"{before} then {provenance.describe(prov_tags)}"[:5000])
+
+
+def is_final(run) -> bool:
+    """A trial run that is a result already: FINISHED, or FAILED because it diverged."""
+    return run.info.status == "FINISHED" or (run.info.status == "FAILED"
+                                             and run.data.tags.get(DIVERGED_TAG) == "true")
+
+
+def mark_diverged(c, run_id: str, epoch: int, loss: float) -> None:
+    """End a trial run that diverged: FAILED, tags ``diverged=true`` and ``diverged_epoch``, metric diverged=1."""
+    retry(c.set_tag, run_id, DIVERGED_TAG, "true")
+    retry(c.set_tag, run_id, DIVERGED_EPOCH_TAG, str(int(epoch)))
+    log_metrics(c, run_id, {"diverged": 1.0}, step=int(epoch))
+    retry(c.set_terminated, run_id, "FAILED")
+
+
+def mark_degenerate(c, run_id: str, metrics: dict) -> bool:
+    """Tag ``degenerate=true`` (with the reason) when the final metrics say the model is degenerate."""
+    from hyporay import metrics as M
+
+    if not metrics.get(M.DEGENERATE):
+        return False
+    n = int(metrics.get(M.NONFINITE_LOGITS) or 0)
+    retry(c.set_tag, run_id, DEGENERATE_TAG, "true")
+    retry(c.set_tag, run_id, "degenerate_reason", f"non-finite logits on {n} test examples" if n
+          else "logits do not depend on the input")
+    return True
 
 
 def child_runs(c, experiment_id: str, parent_id: str | None = None) -> list:

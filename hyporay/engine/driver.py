@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
+import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -19,12 +21,14 @@ from typing import Any
 
 import yaml
 
+from hyporay import provenance
 from hyporay.cliutil import OneLineParser, run_user_command
 from hyporay.config import ConfigError, load_config, merge, parse_overrides
-from hyporay.sweep import frontier as F
-from hyporay.sweep import tracking
-from hyporay.sweep.cluster import ClusterInfo, cluster_info, init_ray, trial_resources
-from hyporay.sweep.trainable import data_key, run_name, tune_trainable
+from hyporay.analysis import frontier as F
+from hyporay.engine import tracking
+from hyporay.cluster.resources import (ClusterInfo, bind_loopback_if_local, cluster_info, init_ray, joins_cluster,
+                                   shutdown_ray, trial_resources)
+from hyporay.engine.trainable import data_key, run_name, tune_trainable
 
 STATE_FILE = "hyporay_sweep.json"
 PROFILES = ("auto", "local", "paper")
@@ -67,16 +71,33 @@ def name_keys(defn: SweepDefinition) -> list[str]:
 
 # --- profiles -------------------------------------------------------------------------------------------
 
+def is_profile_path(name: str) -> bool:
+    return name.endswith((".yaml", ".yml")) or "/" in name or "\\" in name
+
+
+def profile_name(ref: str) -> str:
+    """The name a profile goes by (experiment and run names): ``local``, or a profile file's stem."""
+    return Path(ref).stem if is_profile_path(ref) else ref
+
+
 def load_profile(configs_dir: Path, name: str) -> dict:
-    path = configs_dir / f"{name}.yaml"
+    """A profile by name (``sweeps/configs/<name>.yaml``) or by path (``--profile my/profile.yaml``)."""
+    path = Path(name).expanduser() if is_profile_path(name) else configs_dir / f"{name}.yaml"
     if not path.is_file():
+        if is_profile_path(name):
+            raise ConfigError(f"profile: no file {name}")
         known = ", ".join(sorted(p.stem for p in configs_dir.glob("*.yaml")))
-        raise ConfigError(f"profile: unknown {name!r}; known: auto, {known}")
-    prof = yaml.safe_load(path.read_text()) or {}
+        raise ConfigError(f"profile: unknown {name!r}; known: auto, {known}, or a path to a profile .yaml")
+    try:
+        prof = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"profile: {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(prof, dict):
+        raise ConfigError(f"profile: {path} must hold a mapping (description, trial, seeds, resources, sweep)")
     unknown = set(prof) - {"description", "trial", "seeds", "resources", "sweep"}
     if unknown:
-        raise ConfigError(f"profile {name}: unknown key {sorted(unknown)[0]!r}; known: description, trial, seeds, "
-                          "resources, sweep")
+        raise ConfigError(f"profile {profile_name(name)}: unknown key {sorted(unknown)[0]!r}; known: description, "
+                          "trial, seeds, resources, sweep")
     return prof
 
 
@@ -115,14 +136,34 @@ def build_trials(base: dict, axes: list[Axis], values: dict[str, list], seeds: l
 
 
 def absolute_paths(trial_base: dict, workdir: Path) -> dict:
-    """Ray runs trials in other working directories: make data paths absolute on the driver."""
+    """Ray runs trials in other working directories: make data paths and ``imports`` files absolute on the
+    driver."""
+    def absolute(p: str) -> str:
+        q = Path(p).expanduser()
+        return str(q if q.is_absolute() else (workdir / q).resolve())
+
     data = dict(trial_base.get("data", {}))
-    root = Path(data.get("root", "data")).expanduser()
-    data["root"] = str(root if root.is_absolute() else (workdir / root).resolve())
+    data["root"] = absolute(data.get("root", "data"))
     if data.get("cache_dir"):
-        cd = Path(data["cache_dir"]).expanduser()
-        data["cache_dir"] = str(cd if cd.is_absolute() else (workdir / cd).resolve())
-    return {**trial_base, "data": data}
+        data["cache_dir"] = absolute(data["cache_dir"])
+    out = {**trial_base, "data": data}
+    if isinstance(trial_base.get("imports"), list):
+        from hyporay.plugins import _is_path
+
+        out["imports"] = [absolute(i) if isinstance(i, str) and _is_path(i) else i for i in trial_base["imports"]]
+    return out
+
+
+def with_plugins(trials: list[dict]) -> list[dict]:
+    """Each trial's ``imports`` completed with the modules that registered the data set and models it names
+    (a data set registered in the sweep's own script reaches the Ray workers without a flag)."""
+    from hyporay.plugins import needed_for
+
+    out = []
+    for t in trials:
+        need = [m for m in needed_for(t) if m not in (t.get("imports") or [])]
+        out.append({**t, "imports": [*(t.get("imports") or []), *need]} if need else t)
+    return out
 
 
 # --- command line ---------------------------------------------------------------------------------------
@@ -130,12 +171,13 @@ def absolute_paths(trial_base: dict, workdir: Path) -> dict:
 def build_parser(defn: SweepDefinition) -> argparse.ArgumentParser:
     p = OneLineParser(prog=f"sweeps/{defn.name}.py", description=defn.description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--profile", default="auto", help="auto | local | paper | a YAML name under sweeps/configs/; "
-                                                     "auto = paper when the Ray cluster has GPUs, else local")
+    p.add_argument("--profile", default="auto", help="auto | local | paper | a YAML name under sweeps/configs/ | a "
+                                                     "path to a profile .yaml; auto = paper when the Ray cluster has "
+                                                     "GPUs, else local")
     for a in defn.axes:
         if a.flag:
             p.add_argument(a.flag, help=a.help + " (comma-separated; default: the profile's)")
-    p.add_argument("--seeds", type=int, help="repeat every trial with seeds 0..N-1 (default: the profile's)")
+    p.add_argument("--seeds", type=count(1), help="repeat every trial with seeds 0..N-1 (default: the profile's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a trial field for every trial, e.g. train.epochs=3")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
@@ -143,13 +185,14 @@ def build_parser(defn: SweepDefinition) -> argparse.ArgumentParser:
     p.add_argument("--experiment", help="MLflow experiment name (default <sweep>-<profile>)")
     p.add_argument("--storage-path", help="Ray Tune storage: local dir, NFS path or s3://bucket/prefix (shared on "
                                           "a cluster; default: HYPORAY_STORAGE_PATH, else hyporay_runs)")
-    p.add_argument("--name", help="run name (default <sweep>-<profile>-<timestamp>)")
+    p.add_argument("--name", help="run name (default <sweep>-<profile>-<timestamp>-<random>)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="NAME",
                    help="continue an interrupted sweep (the latest one, or NAME) without re-running finished trials")
-    p.add_argument("--max-failures", type=int, default=2, help="retries per trial, from its last checkpoint")
-    p.add_argument("--cpus-per-trial", type=float, help="default: the profile's")
-    p.add_argument("--gpu-fraction", type=float, help="GPU share per trial when the cluster has GPUs")
-    p.add_argument("--gpus-per-trial", type=float, help="force a GPU request (autoscaling clusters)")
+    p.add_argument("--max-failures", type=count(0), default=2, help="retries per trial, from its last checkpoint")
+    p.add_argument("--cpus-per-trial", type=positive, help="CPUs per trial (default: the profile's)")
+    p.add_argument("--gpu-fraction", type=positive, help="GPU share per trial when the cluster has GPUs, e.g. 0.5 "
+                                                         "packs two trials per GPU (default: the profile's)")
+    p.add_argument("--gpus-per-trial", type=non_negative, help="force a GPU request (autoscaling clusters)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local Ray)")
     p.add_argument("--audit", action="store_true",
                    help="audit each finished trial's final checkpoint (hyporay audit, default settings): MLflow "
@@ -161,6 +204,45 @@ def build_parser(defn: SweepDefinition) -> argparse.ArgumentParser:
         defn.options(p)
     p.add_argument("--chaos-dir", help=argparse.SUPPRESS)
     return p
+
+
+def _number(raw: str) -> float:
+    try:
+        v = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cannot read {raw!r} as a number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be finite, got {raw}")
+    return v
+
+
+def positive(raw: str) -> float:
+    """argparse type: a finite number > 0 (resource flags are checked before Ray starts)."""
+    v = _number(raw)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {raw}")
+    return v
+
+
+def non_negative(raw: str) -> float:
+    v = _number(raw)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {raw}")
+    return v
+
+
+def count(minimum: int) -> Callable[[str], int]:
+    """argparse type: a whole number >= ``minimum``."""
+    def parse(raw: str) -> int:
+        try:
+            v = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"cannot read {raw!r} as a whole number") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {v}")
+        return v
+    parse.__name__ = "count"
+    return parse
 
 
 def _parse_list(raw: str, typ: Callable, flag: str) -> list:
@@ -189,17 +271,12 @@ def _say(msg: str = "") -> None:
 
 def main(defn: SweepDefinition, argv: list[str] | None = None, configs_dir: Path | None = None) -> int:
     args = build_parser(defn).parse_args(argv)
+    bind_loopback_if_local(args.address)  # before anything imports ray
     try:
         return run_user_command(
             lambda: _main(defn, args, configs_dir or _configs_dir()), defn.name)
     finally:
-        try:
-            import ray
-
-            if ray.is_initialized():
-                ray.shutdown()
-        except ImportError:
-            pass
+        shutdown_ray()
 
 
 def _configs_dir() -> Path:
@@ -212,8 +289,8 @@ def _configs_dir() -> Path:
 
 def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
     workdir = Path.cwd()
-    if args.profile not in PROFILES and not (configs_dir / f"{args.profile}.yaml").is_file():
-        load_profile(configs_dir, args.profile)  # raises the one-line error listing the known ones
+    if args.profile not in PROFILES:
+        load_profile(configs_dir, args.profile)  # a missing or malformed profile: one line, now
     # on a cluster both come from the environment cluster.yaml sets up (one place for each)
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(workdir)
     raw_storage = args.storage_path or os.environ.get("HYPORAY_STORAGE_PATH") or "hyporay_runs"
@@ -221,23 +298,30 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
 
     # Cheap checks first: nothing starts (Ray, MLflow runs, data) before the inputs are known to be good.
     resumed = json.loads(_find_state(storage, defn.name, args.resume).read_text()) if args.resume else None
+    if not resumed and args.name and "://" not in storage and (Path(storage) / args.name).exists():
+        raise ConfigError(f"--name: a sweep named {args.name!r} already exists under {storage}; --resume "
+                          f"{args.name} continues it, or choose another --name")
     if not args.dry_run:
         tracking.check_reachable(resumed["tracking_uri"] if resumed else tracking_uri)
 
-    # 1. which profile: only "auto" needs the cluster first (a dry run starts no local Ray)
+    # 1. which profile: only "auto" on a cluster needs to connect first; a local Ray has this machine's GPUs, so
+    #    nothing starts before every trial is validated
     info = None
-    if args.profile == "auto" and not resumed and (
-            not args.dry_run or args.address or os.environ.get("RAY_ADDRESS")):
+    if args.profile == "auto" and not resumed and joins_cluster(args.address):
         init_ray(args.address)
         info = cluster_info()
     import torch
 
     if resumed:
-        profile, why = resumed["profile"], f"the profile of the resumed sweep {resumed['name']}"
+        profile_ref = resumed.get("profile_ref", resumed["profile"])
+        why = f"the profile of the resumed sweep {resumed['name']}"
     else:
-        profile, why = choose_profile(args.profile, info, torch.cuda.device_count())
+        profile_ref, why = choose_profile(args.profile, info, torch.cuda.device_count())
+        if is_profile_path(profile_ref):
+            profile_ref = str(Path(profile_ref).expanduser().resolve())
+    profile = profile_name(profile_ref)
     _say(f"profile: {profile} ({why})")
-    prof = load_profile(configs_dir, profile)
+    prof = load_profile(configs_dir, profile_ref)
 
     # 2. the trials, all validated before any work
     sweep_defaults: dict = {}
@@ -264,6 +348,7 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
     else:
         trials = [load_config(t).model_dump() for t in defn.grid(base, values, list(range(n_seeds)), profile)]
         trials = list({json.dumps(t, sort_keys=True, default=str): t for t in trials}.values())
+    trials = with_plugins(trials)
     res_prof = prof.get("resources", {})
     cpus = args.cpus_per_trial or res_prof.get("cpus_per_trial", 1)
     gfrac = args.gpu_fraction or res_prof.get("gpu_fraction", 1.0)
@@ -280,14 +365,9 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
 
     if resumed:
         trials = resumed["trials"]
-    # data sets once into the object store, keyed by data config; a missing one fails here, before Ray/MLflow
-    from hyporay.experiment import load_trial_data
-
-    datasets = {}
-    for t in trials:
-        k = data_key(t)
-        if k not in datasets:
-            datasets[k] = load_trial_data(load_config(t))
+    # data sets once into the object store, keyed by data config; a missing one, a model that cannot be built on
+    # it or a budget beyond the input range fails here, before Ray/MLflow
+    datasets = load_and_check(trials)
     if info is None:
         init_ray(args.address)
         info = cluster_info()
@@ -308,12 +388,14 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
         tracking_uri = state["tracking_uri"]
         _say(f"resuming {run_dir_name} (parent run {parent_id})")
     else:
-        run_dir_name = args.name or f"{defn.name}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
+        # a random suffix: two sweeps started in the same second get their own Tune directories
+        run_dir_name = args.name or f"{defn.name}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         exp_id = tracking.ensure_experiment(tracking_uri, experiment)
         c = tracking.client(tracking_uri)
         parent = tracking.retry(c.create_run, exp_id, run_name=run_dir_name, tags={
             tracking.ROLE_TAG: "sweep", tracking.SWEEP_TAG: defn.name, "profile": profile,
-            **({tracking.FRONTIER_LABEL_TAG: defn.label_key} if defn.frontier else {}), **defn.tags})
+            **({tracking.FRONTIER_LABEL_TAG: defn.label_key} if defn.frontier else {}), **defn.tags,
+            **tracking.provenance_tags(provenance.code()), provenance.CONFIG: provenance.plan_hash(trials)})
         parent_id = parent.info.run_id
         tracking.log_params(c, parent_id, {"sweep": defn.name, "profile": profile, "n_trials": len(trials),
                                            "seeds": n_seeds, **{f"axis.{k}": v for k, v in values.items()},
@@ -336,6 +418,7 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
     else:
         _write_state(storage, run_dir_name, {"name": run_dir_name, "sweep": defn.name, "profile": profile,
+                                             "profile_ref": profile_ref, "command": command_line(),
                                              "experiment": experiment, "experiment_id": exp_id,
                                              "parent_run_id": parent_id, "tracking_uri": tracking_uri,
                                              "trials": trials})
@@ -352,10 +435,13 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
     # 5. artefacts on the parent run
     c = tracking.client(tracking_uri)
     runs = tracking.child_runs(c, exp_id, parent_id)
-    # a trial is done when its MLflow run is FINISHED (Tune's own count calls pending trials of an
-    # interrupted run terminated); what is neither finished nor errored was interrupted (Ctrl-C)
+    # a trial is done when its MLflow run is FINISHED, or FAILED because it diverged (a result: not retried);
+    # Tune's own count calls pending trials of an interrupted run terminated; what is neither done nor errored
+    # was interrupted (Ctrl-C)
     finished = sum(r.info.status == "FINISHED" for r in runs)
-    unfinished = len(trials) - finished - len(errors)
+    diverged = sum(tracking.is_final(r) and r.info.status == "FAILED" for r in runs)
+    degenerate = sum(r.data.tags.get(tracking.DEGENERATE_TAG) == "true" for r in runs)
+    unfinished = len(trials) - finished - diverged - len(errors)
     ctx = {"runs": runs, "client": c, "parent_run_id": parent_id, "experiment_id": exp_id, "profile": profile,
            "trials": trials, "args": args}
     artefacts: list[Path] = []
@@ -377,8 +463,11 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
     if points:
         _say(F.table(points))
         _say()
-    _say(f"trials: {finished} finished, {len(errors)} failed, {unfinished} not finished"
+    _say(f"trials: {finished} finished, {diverged} diverged, {len(errors)} failed, {unfinished} not finished"
          + (f" ({', '.join(str(r.error).splitlines()[0][:80] for r in errors[:3])})" if errors else ""))
+    if diverged or degenerate:
+        _say(f"left out of every frontier and table: {diverged} diverged, {degenerate} degenerate (constant or "
+             "non-finite model): their risks are not results")
     _say(f"tracking URI:   {tracking_uri}")
     _say(f"experiment:     {experiment} (id {exp_id})")
     _say(f"parent run:     {parent_id}")
@@ -390,8 +479,49 @@ def _main(defn: SweepDefinition, args, configs_dir: Path) -> int:
     if view:
         _say(f"frontier chart: {view}")
     if errors or unfinished:
-        _say(f"resume with:    python sweeps/{defn.name}.py --resume {run_dir_name}")
+        _say(f"resume with:    {resume_command(run_dir_name, args)}")
     return 130 if unfinished else 1 if errors else 0
+
+
+def load_and_check(trials: list[dict]) -> dict:
+    """The trials' data sets (keyed by ``data_key``), each loaded once, after checking every trial against its
+    data: the attack budgets (``check_budget``) and the model, built once per architecture, options and input
+    shape (a bad option value fails here in one line, not in every Ray worker)."""
+    from hyporay.experiment import check_budget, load_trial_data, make_model
+
+    datasets, built = {}, set()
+    for t in trials:
+        k = data_key(t)
+        cfg = load_config(t)
+        if k not in datasets:
+            datasets[k] = load_trial_data(cfg)
+        ds = datasets[k]
+        check_budget(cfg, ds.in_shape)
+        arch = (cfg.model.name, json.dumps(cfg.model.kwargs, sort_keys=True, default=str), ds.in_shape,
+                ds.num_classes)
+        if arch not in built:
+            make_model(cfg, ds)
+            built.add(arch)
+    return datasets
+
+
+def command_line() -> str:
+    """The command this process was started with, as a user would retype it from the same directory."""
+    import shlex
+
+    return "python " + shlex.join(sys.argv)
+
+
+def resume_command(name: str, args) -> str:
+    """``python <the script that ran> --resume NAME`` (+ the storage and tracking flags it was given): runs as
+    printed from the directory the sweep was started in, whichever script started it."""
+    import shlex
+
+    extra = []
+    for flag, value in (("--storage-path", args.storage_path), ("--tracking-uri", args.tracking_uri)):
+        if value:
+            extra += [flag, value]
+    return "python " + shlex.join([sys.argv[0], "--resume", name, *extra])
 
 
 def _write_state(storage: str, name: str, state: dict) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from hyporay import metrics as M
@@ -26,16 +26,34 @@ ARCHITECTURES = {"mlp": "MLP", "cnn": "CNN", "vgg16": "VGG-16", "resnet18": "Res
 
 # --- rows from runs ---------------------------------------------------------------------------------------
 
-def final_rows(runs) -> tuple[list[dict], int]:
-    """One row per FINISHED child run: its params (dotted trial fields, as strings), its final metrics (the
-    latest value of each, floats) and ``run_id``. Returns (rows, number of unfinished runs skipped)."""
-    rows, skipped = [], 0
+def outcome(run) -> str:
+    """What a child run is: ``result`` (FINISHED, its model meaningful), ``degenerate`` (FINISHED, but a constant
+    or non-finite model: risks not results), ``diverged`` (stopped by a non-finite loss) or ``unfinished``."""
+    tags = run.data.tags
+    if run.info.status == "FINISHED":
+        return "degenerate" if tags.get("degenerate") == "true" or run.data.metrics.get(M.DEGENERATE) else "result"
+    if tags.get("diverged") == "true":
+        return "diverged"
+    return "unfinished"
+
+
+def describe_left_out(left_out: Counter) -> str:
+    """``2 unfinished, 1 diverged`` (empty string when nothing was left out)."""
+    return ", ".join(f"{n} {why}" for why, n in sorted(left_out.items()) if n)
+
+
+def final_rows(runs) -> tuple[list[dict], Counter]:
+    """One row per child run whose numbers are results: its params (dotted trial fields, as strings), its final
+    metrics (the latest value of each, floats) and ``run_id``. Returns (rows, Counter of the runs left out by
+    ``outcome``: unfinished, diverged, degenerate): no table, frontier or claim is built from those."""
+    rows, left_out = [], Counter()
     for r in runs:
-        if r.info.status != "FINISHED":
-            skipped += 1
+        kind = outcome(r)
+        if kind != "result":
+            left_out[kind] += 1
             continue
         rows.append({**r.data.params, **r.data.metrics, RUN_ID: r.info.run_id})
-    return rows, skipped
+    return rows, left_out
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -239,9 +257,9 @@ def write_convergence(conv: list[dict], out_dir: str | Path, title: str) -> list
 
 # --- ``after`` hooks of sweep scripts (context: runs, trials, profile, out_dir, ...) ------------------
 
-def _say_skipped(skipped: int) -> None:
-    if skipped:
-        print(f"report: skipped {skipped} unfinished run(s)", flush=True)
+def _say_skipped(left_out: Counter) -> None:
+    if sum(left_out.values()):
+        print(f"report: left out {describe_left_out(left_out)} run(s)", flush=True)
 
 
 def substandard_report(ctx: dict) -> list[Path]:
