@@ -33,6 +33,13 @@ Checks (names in ``CHECKS``; every figure is measured on the audited examples, n
   CE input gradient is all zero or holds a NaN/Inf.
 - ``theorem_4_4``: R_hyp(D) = 1 - (1 - R_hyp(D-)) R_nat on ``hyporay.metrics.evaluate``'s metrics.
 - ``theorem_4_5``: R_sta(D) = (1 - R_nat) R_adv(D+) + R_nat R_sta(D-) and R_sta(D-) >= R_hyp(D-).
+- ``apgd_vs_pgd/*``: the other method (APGD when the spec is PGD, PGD when it is APGD; same eps, steps,
+  restarts, score) must not find more adversarial examples / conceal more mistakes than the audited attack
+  beyond the tolerance: else PGD missed them (report APGD) or APGD is weaker than PGD (broken).
+- ``certified_bound/*``: attack lower bound <= certified upper bound, per example: no misclassified point
+  certified unconcealable (``hyporay.certify``, method ``certify``) was concealed, and no point certified
+  robust was broken, by ANY attack the audit ran at the spec's eps and norm. Skipped (with the reason) for
+  ``certify="none"`` or a model the certifier does not support.
 
 Accuracy figures follow ``hyporay.metrics``' witness rule (the clean point lies in the ball and counts as a
 witness): adversarial accuracy A = share with no witness of a mistake; hypocritical accuracy F = share with
@@ -80,13 +87,16 @@ CHECK_TRANSFER = "transfer"
 CHECK_GRADIENT = "gradient_health"
 CHECK_THM44 = "theorem_4_4"
 CHECK_THM45 = "theorem_4_5"
+CHECK_APGD = "apgd_vs_pgd"
+CHECK_CERTIFIED = "certified_bound"
 ADV, HYP = "adversarial", "hypocritical"
 
 #: every row of a report, in order (``<check>/<direction>`` for the checks run in both directions)
 CHECKS = (CHECK_EPS0, CHECK_BATCH, f"{CHECK_CURVE}/{ADV}", f"{CHECK_CURVE}/{HYP}", f"{CHECK_STEPS}/{ADV}",
           f"{CHECK_STEPS}/{HYP}", f"{CHECK_RESTARTS}/{ADV}", f"{CHECK_RESTARTS}/{HYP}", f"{CHECK_FGSM}/{ADV}",
           f"{CHECK_FGSM}/{HYP}", f"{CHECK_TRANSFER}/{ADV}", f"{CHECK_TRANSFER}/{HYP}", CHECK_GRADIENT,
-          CHECK_THM44, CHECK_THM45, CHECK_STATE, CHECK_DEGENERATE)
+          CHECK_THM44, CHECK_THM45, f"{CHECK_APGD}/{ADV}", f"{CHECK_APGD}/{HYP}", f"{CHECK_CERTIFIED}/{HYP}",
+          f"{CHECK_CERTIFIED}/{ADV}", CHECK_STATE, CHECK_DEGENERATE)
 
 @dataclass
 class CheckResult:
@@ -584,11 +594,75 @@ def _check_theorems(metrics: dict, tol: float) -> list[CheckResult]:
     return rows
 
 
+def _check_apgd(a: _Auditor, spec: AttackSpec, tol: float) -> list[CheckResult]:
+    other = replace(spec, method="apgd" if spec.method == "pgd" else "pgd")
+    mine, theirs = a.outcome(spec), a.outcome(other)
+    me, it = spec.method.upper(), other.method.upper()
+    why = (f"the audited PGD missed them: report {it} (or more PGD steps)" if spec.method == "pgd" else
+           "the audited APGD is weaker than plain PGD: broken attack or masked gradients")
+    rows = []
+    for direction, sym, mine_acc, their_acc, sign, what in (
+            (ADV, "A", mine.acc_adv, theirs.acc_adv, 1.0, "finds more adversarial examples"),
+            (HYP, "F", mine.acc_hyp, theirs.acc_hyp, -1.0, "conceals more mistakes")):
+        gap = sign * (mine_acc - their_acc)  # > 0: the other method is stronger
+        data = {"method": spec.method, "other": other.method, f"acc_{direction[:3]}_{spec.method}": mine_acc,
+                f"acc_{direction[:3]}_{other.method}": their_acc, "other_stronger_by": gap,
+                "rates": {spec.method: mine.rates(a.correct), other.method: theirs.rates(a.correct)}}
+        fig = f"{sym}: {me} {_fmt(mine_acc)} vs {it} {_fmt(their_acc)}"
+        bad = gap > tol
+        rows.append(CheckResult(f"{CHECK_APGD}/{direction}", fig, FLAG if bad else PASS,
+                                f"{it} {what} than the audited {me} by {gap:.3f} (tol {tol:g}): {why}" if bad
+                                else f"{it} {what} by at most {max(gap, 0.0) + 0.0:.3f} (tol {tol:g})", data))
+    return rows
+
+
+def _check_certified(a: _Auditor, spec: AttackSpec, certify, tol: float) -> list[CheckResult]:
+    from hyporay.certify import NotCertifiable
+    from hyporay.certify import certify as certify_fn
+
+    names = (f"{CHECK_CERTIFIED}/{HYP}", f"{CHECK_CERTIFIED}/{ADV}")
+    if certify is None or certify == "none":
+        return [CheckResult(n, "-", SKIPPED, "certification switched off (certify none)", {}) for n in names]
+    method = certify if isinstance(certify, str) else getattr(certify, "__name__", "custom")
+    parts = []
+    try:
+        for s in a.chunks():
+            x, y = a.x[s], a.y[s]
+            parts.append(certify_fn(a.model, x, y, eps=spec.eps, norm=spec.norm, method=certify)
+                         if isinstance(certify, str) else certify(a.model, x, y, spec.eps, spec.norm))
+    except NotCertifiable as exc:
+        return [CheckResult(n, "-", SKIPPED, str(exc), {}) for n in names]
+    unconcealable = torch.cat([c.unconcealable for c in parts]).cpu()
+    robust = torch.cat([c.robust for c in parts]).cpu()
+    # every attack the audit ran in this ball (white-box settings, FGSM, transfer) is a witness
+    same_ball = [o for (sp, _single, _src), o in a.cache.items() if sp.eps == spec.eps and sp.norm == spec.norm]
+    hyp_hit = torch.stack([o.hyp_success for o in same_ball]).any(0)
+    adv_hit = torch.stack([o.adv_success for o in same_ball]).any(0)
+    correct = a.correct.cpu()
+    n = len(correct)
+    rows = []
+    for name, hit, cert, subset, label, what in (
+            (names[0], hyp_hit, unconcealable, ~correct, "R_hyp(D-)", "certified unconcealable but concealed"),
+            (names[1], adv_hit, robust, correct, "R_adv(D+)", "certified robust but broken")):
+        lower, upper = M._mean(hit, subset), 1.0 - M._mean(cert, subset)
+        clash = int((cert & hit).sum())
+        data = {"method": method, "attack_lower": lower, "certified_upper": upper, "contradictions": clash,
+                "certified": int(cert.sum()), "subset": int(subset.sum()), "attacks_used": len(same_ball)}
+        fig = f"{label} in [{_fmt(lower)}, {_fmt(upper)}] ({method})"
+        bad = clash / n > tol
+        rows.append(CheckResult(name, fig, FLAG if bad else PASS,
+                                f"{clash} point(s) {what} by an attack (tol {tol:g}): the certificate is unsound or "
+                                "an attack left the ball" if bad else
+                                f"no point {what}; lower <= upper over {len(same_ball)} attack settings", data))
+    return rows
+
+
 # --- the entry point -----------------------------------------------------------------------------------
 
 def check_settings(*, eps_multiples: Sequence[float] = DEFAULT_EPS_MULTIPLES,
                    steps_grid: Sequence[int] = DEFAULT_STEPS_GRID, restarts_grid: Sequence[int] = DEFAULT_RESTARTS_GRID,
-                   batch_size: int = 512, n_single: int = 64, **_ignored) -> None:
+                   batch_size: int = 512, n_single: int = 64, certify: str | Callable | None = "crown-ibp",
+                   **_ignored) -> None:
     """Validate ``run_audit``'s settings (before any expensive work); ``ValueError`` naming the setting."""
     for name, grid in (("eps_multiples", eps_multiples), ("steps_grid", steps_grid),
                        ("restarts_grid", restarts_grid)):
@@ -603,6 +677,10 @@ def check_settings(*, eps_multiples: Sequence[float] = DEFAULT_EPS_MULTIPLES,
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
     if n_single < 0:
         raise ValueError(f"n_single: must be >= 0, got {n_single}")
+    from hyporay.certify import METHODS as CERTIFY_METHODS
+
+    if isinstance(certify, str) and certify not in ("none", *CERTIFY_METHODS):
+        raise ValueError(f"certify: unknown {certify!r}; known: none, {', '.join(CERTIFY_METHODS)}")
 
 
 def run_audit(
@@ -621,6 +699,7 @@ def run_audit(
     seed: int = 0,
     transfer_skip_reason: str | None = None,
     log: Callable[[str], None] | None = None,
+    certify: str | Callable | None = "crown-ibp",
 ) -> AuditReport:
     """Audit the evaluation of ``model`` under ``spec`` on (x, y); returns every check as a row.
 
@@ -641,13 +720,16 @@ def run_audit(
         n_single: examples evaluated alone in the batch-independence check.
         seed: seed of every attack's random start (each setting starts from the same draws).
         log: called with one line per finished check group (progress).
+        certify: the certifier of the ``certified_bound`` check: "ibp", "crown-ibp" (default: CROWN bounds at the
+            cost of a few forward passes), "crown" (tighter; slow on conv nets), "none" (skip), or a callable
+            ``(model, x, y, eps, norm) -> hyporay.certify.Certificate``.
 
     Returns:
         ``AuditReport``: rows in ``CHECKS`` order, the hyporay.metrics of ``spec``, settings and tolerances.
     """
     tol = tolerances or Tolerances()
     check_settings(eps_multiples=eps_multiples, steps_grid=steps_grid, restarts_grid=restarts_grid,
-                   batch_size=batch_size, n_single=n_single)
+                   batch_size=batch_size, n_single=n_single, certify=certify)
     if len(x) == 0 or len(x) != len(y):
         raise ValueError(f"x, y: need the same non-zero number of examples, got {len(x)} and {len(y)}")
     start = time.perf_counter()
@@ -675,8 +757,11 @@ def run_audit(
                     [(int(s), replace(spec, steps=int(s), restarts=1)) for s in steps_grid], tol.convergence))
     add(_check_grid(a, CHECK_RESTARTS, "restarts",
                     [(int(r), replace(spec, restarts=int(r))) for r in restarts_grid], tol.convergence))
+    add(_check_apgd(a, spec, tol.apgd))
+    add(_check_certified(a, spec, certify, tol.certified))
     add(_check_state(model, before, _state(model)))
-    settings = {"eps_multiples": list(eps_multiples), "steps_grid": [int(s) for s in steps_grid],
+    settings = {"certify": certify if isinstance(certify, str) or certify is None else "custom",
+                "eps_multiples": list(eps_multiples), "steps_grid": [int(s) for s in steps_grid],
                 "restarts_grid": [int(r) for r in restarts_grid], "batch_size": batch_size, "n_single": n_single,
                 "seed": seed, "transfer": surrogate is not None}
     return AuditReport(rows=[rows[c] for c in CHECKS], spec=spec.as_dict(), tolerances=asdict(tol),

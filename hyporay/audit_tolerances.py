@@ -40,6 +40,10 @@ class Tolerances:
     gradient: float = _tol(0.01, "share of inputs with a zero, NaN or Inf CE input gradient allowed")
     identity: float = _tol(1e-9, "absolute slack of the Theorem 4.4/4.5 identities (exact up to float64 "
                                  "round-off)")
+    apgd: float = _tol(0.01, "the other method (APGD vs the audited PGD, or PGD vs the audited APGD) may find "
+                             "more adversarial examples / conceal more mistakes by at most this much")
+    certified: float = _tol(0.0, "share of audited points allowed to contradict their certificate (certified "
+                                 "unconcealable yet concealed, certified robust yet broken): 0, a soundness check")
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -31,6 +31,10 @@ def _table(metrics: dict, title: str) -> str:
                  f"{int(metrics[M.N_MISCLASSIFIED])}")
     if M.TARGETED_MEAN in metrics:
         lines.append(f"{'targeted success on D- (mean over labels)':<40s} {metrics[M.TARGETED_MEAN]:8.4f}")
+    for key, label, attack in ((M.HYPOCRITICAL_RISK_CERTIFIED_UPPER, "R_hyp(D-)", M.HYPOCRITICAL_RISK),
+                               (M.ADVERSARIAL_RISK_CORRECT_CERTIFIED_UPPER, "R_adv(D+)", M.ADVERSARIAL_RISK_CORRECT)):
+        if key in metrics:  # the bracket: the attack's lower bound, the certificate's upper bound
+            lines.append(f"{label + ' in [attack, certified]':<40s} [{metrics[attack]:.4f}, {metrics[key]:.4f}]")
     return "\n".join(lines)
 
 
@@ -87,17 +91,23 @@ def cmd_eval(args) -> int:
     spec = AttackSpec(norm=args.norm or cfg_attack["norm"],
                       eps=args.eps if args.eps is not None else cfg_attack["eps"],
                       steps=cfg_attack["steps"] if args.steps is None else args.steps, step_size=args.step_size,
-                      restarts=args.restarts, random_start=args.random_start, best_iterate=args.best_iterate)
+                      restarts=args.restarts, random_start=args.random_start, best_iterate=args.best_iterate,
+                      method=args.method or cfg_attack.get("method", "pgd"),
+                      score=args.score or cfg_attack.get("score", "ce"))
+    certify = args.certify or state["config"]["eval"].get("certify", "none")
     device = resolve_device(args.device)
     model, cfg = model_from_checkpoint(state, device)
     if args.targeted:
         cfg.eval.targeted = True
     ds = load_trial_data(cfg)
     with torch.inference_mode(False):
-        metrics = evaluate_model(cfg, model, ds, device, epoch=int(state["metrics"].get("epoch", 0)), spec=spec)
-    print(_table(metrics, f"{cfg.name} on {ds.name} test split: {spec.describe()}"))
+        metrics = evaluate_model(cfg, model, ds, device, epoch=int(state["metrics"].get("epoch", 0)), spec=spec,
+                                 certify=certify)
+    print(_table(metrics, f"{cfg.name} on {ds.name} test split: {spec.describe()}"
+                          + (f"; certified: {certify}" if certify != "none" else "")))
     if args.json:
-        Path(args.json).write_text(json.dumps({"attack": spec.as_dict(), "metrics": metrics}, indent=2))
+        Path(args.json).write_text(json.dumps({"attack": spec.as_dict(), "certify": certify, "metrics": metrics},
+                                              indent=2))
         print(f"wrote {args.json}")
     return 0
 
@@ -173,9 +183,10 @@ def cmd_audit(args) -> int:
                       steps=a["steps"] if args.steps is None else args.steps, step_size=step_size,
                       restarts=a["restarts"] if args.restarts is None else args.restarts,
                       random_start=args.random_start or a["random_start"],
-                      best_iterate=args.best_iterate or a["best_iterate"])
+                      best_iterate=args.best_iterate or a["best_iterate"],
+                      method=args.method or a.get("method", "pgd"), score=args.score or a.get("score", "ce"))
     tol = Tolerances(**{f.name: getattr(args, f"tol_{f.name}") for f in fields(Tolerances)})
-    grids = {k: getattr(args, k) for k in ("eps_multiples", "steps_grid", "restarts_grid")}
+    grids = {k: getattr(args, k) for k in ("eps_multiples", "steps_grid", "restarts_grid", "certify")}
     report = audit_checkpoint(state, spec=spec, tolerances=tol, device=args.device, subset=args.subset,
                               surrogate=args.surrogate, transfer=not args.no_transfer,
                               surrogate_epochs=args.surrogate_epochs, surrogate_seed=args.surrogate_seed,
@@ -227,6 +238,11 @@ def _add_audit_parser(sub, fmt) -> None:
     a.add_argument("--restarts", type=int, help="default: the trial's")
     a.add_argument("--random-start", choices=["auto", "none", "uniform", "gaussian"], help="default: the trial's")
     a.add_argument("--best-iterate", action="store_true")
+    a.add_argument("--method", choices=["pgd", "apgd"], help="the audited attack (default: the trial's, else pgd); "
+                                                            "apgd_vs_pgd compares it with the other one")
+    a.add_argument("--score", choices=["ce", "margin"], help="score of the audited attack (default: the trial's)")
+    a.add_argument("--certify", default="crown-ibp", choices=["none", "ibp", "crown-ibp", "crown"],
+                   help="certifier of the certified_bound check (crown: tighter, slow on conv nets; none skips it)")
     a.add_argument("--eps-multiples", type=_list_of(float), default=",".join(f"{v:g}" for v in T.DEFAULT_EPS_MULTIPLES),
                    help="accuracy-vs-eps curve at these multiples of eps (ascending; the largest should be huge)")
     a.add_argument("--steps-grid", type=_list_of(int), default=",".join(map(str, T.DEFAULT_STEPS_GRID)),
@@ -279,11 +295,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eps", type=float, help="radius in pixel units (default: the trial's)")
     e.add_argument("--steps", type=int, help="PGD steps (default: the trial's)")
     e.add_argument("--step-size", type=float, help="default eps/4")
-    e.add_argument("--restarts", type=int, default=1)
-    e.add_argument("--random-start", default="auto", choices=["auto", "none", "uniform", "gaussian"])
-    e.add_argument("--best-iterate", action="store_true")
+    e.add_argument("--restarts", type=int, default=1, help="independent starts; per example the best is kept")
+    e.add_argument("--random-start", default="auto", choices=["auto", "none", "uniform", "gaussian"],
+                   help="auto: uniform in the ball (adversarial), x + 0.01 N(0,1) (hypocritical/targeted), "
+                        "x + 0.001 N(0,1) (stability)")
+    e.add_argument("--best-iterate", action="store_true", help="PGD: keep each example's best iterate")
+    e.add_argument("--method", choices=["pgd", "apgd"],
+                   help="attack: pgd, or apgd (Croce & Hein 2020: step 2 eps halved at checkpoints, momentum 0.75, "
+                        "best iterate; --step-size does not apply) (default: the trial's, else pgd)")
+    e.add_argument("--score", choices=["ce", "margin"],
+                   help="what the adversarial/hypocritical attacks ascend: ce, or margin (DLR); the stability "
+                        "attack always ascends KL (default: the trial's, else ce)")
+    e.add_argument("--certify", nargs="?", const="crown", choices=["none", "ibp", "crown-ibp", "crown"],
+                   help="also certified upper bounds of R_hyp(D-) and R_adv(D+) at the same eps/norm: ibp (cheap, "
+                        "loose), crown-ibp, crown (tightest; the default of a bare --certify) (default: the "
+                        "trial's eval.certify, else none)")
     e.add_argument("--targeted", action="store_true", help="per-label targeted success on D- (Fig. 3)")
-    e.add_argument("--device", default="auto")
+    e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     e.add_argument("--json", help="also write the attack spec and metrics here")
     e.set_defaults(func=cmd_eval)
 

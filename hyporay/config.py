@@ -13,8 +13,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hyporay.attacks import AttackSpec
+from hyporay.attacks.objectives import SCORES
+from hyporay.attacks.pgd import METHODS, RANDOM_STARTS
 from hyporay.dotted import flatten
-from hyporay.attacks.pgd import RANDOM_STARTS
 from hyporay.trainers import LOSSES
 
 
@@ -37,6 +38,10 @@ class AttackConfig(_Strict):
     restarts: int = Field(1, ge=1)
     random_start: Literal[RANDOM_STARTS] = "auto"  # type: ignore[valid-type]
     best_iterate: bool = False
+    method: Literal[METHODS] = Field("pgd", description="pgd | apgd (Croce & Hein 2020: step 2 eps halved at "  # type: ignore[valid-type]
+                                     "checkpoints, momentum 0.75, best iterate; step_size does not apply)")
+    score: Literal[SCORES] = Field("ce", description="ce | margin (DLR) for the adversarial, hypocritical and "  # type: ignore[valid-type]
+                                   "targeted attacks; the stability attack always ascends KL")
 
     @model_validator(mode="after")
     def _inside_the_box(self) -> AttackConfig:
@@ -54,7 +59,7 @@ class AttackConfig(_Strict):
     def spec(self) -> AttackSpec:
         return AttackSpec(norm=self.norm, eps=self.eps, steps=self.steps, step_size=self.step_size,
                           restarts=self.restarts, random_start=self.random_start,
-                          best_iterate=self.best_iterate)
+                          best_iterate=self.best_iterate, method=self.method, score=self.score)
 
 
 class DataConfig(_Strict):
@@ -133,6 +138,8 @@ class TrainConfig(_Strict):
     lr: float = Field(0.1, gt=0)
     lr_large_lambda: float | None = Field(None, gt=0, description="lr used when lam >= 10 (paper: 0.05)")
     momentum: float = Field(0.9, ge=0, lt=1)
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="sgd (the paper's) | adam (betas (momentum, "
+                                              "0.999); the l_inf-dist net's)")
     weight_decay: float = Field(5e-4, ge=0)
     milestones: list[int] = Field(default_factory=list)
     gamma: float = Field(0.1, gt=0)
@@ -162,6 +169,9 @@ class EvalConfig(_Strict):
                                   "K steps (1 restart) for each K: metrics steps_K/<metric>")
     restarts_grid: list[int] = Field(default_factory=list, description="after the last epoch, also evaluate "
                                      "with R restarts (the eval attack's steps): metrics restarts_R/<metric>")
+    certify: Literal["none", "ibp", "crown-ibp", "crown"] = Field(
+        "none", description="also certified upper bounds of R_hyp(D-) and R_adv(D+) at the eval attack's eps and "
+        "norm (hyporay.certify): ibp (cheap, loose) | crown-ibp | crown (tightest, costliest)")
 
     @field_validator("steps_grid", "restarts_grid")
     @classmethod

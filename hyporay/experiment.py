@@ -115,23 +115,37 @@ def make_trainer(cfg: TrialConfig, model: torch.nn.Module, device: torch.device)
     t = cfg.train
     return Trainer(model, loss=t.trainer, attack=t.attack.spec(), lam=t.lam,
                    optim=OptimConfig(lr=t.effective_lr, momentum=t.momentum, weight_decay=t.weight_decay,
-                                     milestones=t.milestones, gamma=t.gamma),
+                                     milestones=t.milestones, gamma=t.gamma, optimizer=t.optimizer),
                    batch_size=t.batch_size, augment=t.augment, amp=t.amp, amp_dtype=t.amp_dtype,
                    channels_last=t.channels_last, compile=t.compile, concat_forward=t.concat_forward,
-                   device=device, seed=cfg.seed)
+                   device=device, seed=cfg.seed, epochs=t.epochs)
 
 
 def evaluate_model(cfg: TrialConfig, model: torch.nn.Module, ds: Dataset, device: torch.device,
-                   *, epoch: int, spec=None, targeted: bool | None = None) -> dict[str, float]:
+                   *, epoch: int, spec=None, targeted: bool | None = None, certify: str | None = None
+                   ) -> dict[str, float]:
     """All risks of ``model`` on the test split under the eval attack (or ``spec``), seeded by epoch.
 
     ``targeted`` (default ``cfg.eval.targeted``): also the per-label targeted attacks (Fig. 3).
+    ``certify`` (default ``cfg.eval.certify``; "none" skips): also ``M.CERTIFIED_METRICS``, certified upper
+    bounds at the attack's eps and norm.
     """
+    from hyporay.certify import NotCertifiable
+
     spec = spec or cfg.eval.attack.spec()
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + epoch)
     batches = iterate_batches(ds.x_test, ds.y_test, cfg.eval.batch_size, shuffle=False, device=device)
-    return M.evaluate(model, batches, spec, targeted=cfg.eval.targeted if targeted is None else targeted,
-                      num_classes=ds.num_classes, device=device, generator=gen)
+    metrics = M.evaluate(model, batches, spec, targeted=cfg.eval.targeted if targeted is None else targeted,
+                         num_classes=ds.num_classes, device=device, generator=gen)
+    method = cfg.eval.certify if certify is None else certify
+    if method != "none":
+        batches = iterate_batches(ds.x_test, ds.y_test, cfg.eval.batch_size, shuffle=False, device=device)
+        try:
+            metrics.update(M.certified_risks(model, batches, eps=spec.eps, norm=spec.norm, method=method,
+                                             device=device))
+        except NotCertifiable as exc:
+            raise ConfigError(f"eval.certify: {exc}") from None
+    return metrics
 
 
 def convergence_metrics(cfg: TrialConfig, model: torch.nn.Module, ds: Dataset, device: torch.device,
@@ -147,7 +161,7 @@ def convergence_metrics(cfg: TrialConfig, model: torch.nn.Module, ds: Dataset, d
     out: dict[str, float] = {}
     for kind, value, update in settings:
         m = evaluate_model(cfg, model, ds, device, epoch=epoch, spec=base.model_copy(update=update).spec(),
-                           targeted=False)
+                           targeted=False, certify="none")
         out.update({M.at_setting(kind, value, name): m[name] for name in M.SETTING_METRICS})
     return out
 

@@ -42,6 +42,10 @@ NONFINITE_LOGITS = "nonfinite_logits"          # test examples whose clean logit
 PREDICTED_CLASSES = "predicted_classes"        # distinct clean predictions on the test set
 TARGETED_PREFIX = "targeted_success_"  # + label: success toward that label on D- (Fig. 3), see aggregate
 TARGETED_MEAN = "targeted_success_mean"        # mean over labels of the above
+# Certified UPPER bounds (hyporay.certify, eval.certify): the attack's risk is a lower bound, these bracket it
+HYPOCRITICAL_RISK_CERTIFIED_UPPER = "hypocritical_risk_certified_upper"  # 1 - #unconcealable / |D-| >= R_hyp(D-)
+ADVERSARIAL_RISK_CORRECT_CERTIFIED_UPPER = "adversarial_risk_correct_certified_upper"  # 1 - #robust / |D+|
+CERTIFIED_METRICS = (HYPOCRITICAL_RISK_CERTIFIED_UPPER, ADVERSARIAL_RISK_CORRECT_CERTIFIED_UPPER)
 
 RISK_METRICS = (NATURAL_RISK, ADVERSARIAL_RISK, ADVERSARIAL_RISK_CORRECT, HYPOCRITICAL_RISK_ALL,
                 HYPOCRITICAL_RISK, STABILITY_RISK, STABILITY_RISK_MISCLASSIFIED)
@@ -277,3 +281,30 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], spec: A
     pe = _concat(parts)
     metrics = aggregate(pe)
     return (metrics, pe) if return_per_example else metrics
+
+
+def certified_risks(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *, eps: float, norm: str = "linf",
+                    method: str = "crown", device: torch.device | str | None = None) -> dict[str, float]:
+    """Certified upper bounds of R_hyp(D-) and R_adv(D+) over ``batches`` of (x in [0,1], y) (hyporay.certify).
+
+    ``HYPOCRITICAL_RISK_CERTIFIED_UPPER`` = 1 - (#misclassified points certified unconcealable) / |D-| and
+    ``ADVERSARIAL_RISK_CORRECT_CERTIFIED_UPPER`` = 1 - (#correct points certified robust) / |D+| (NaN for an
+    empty subset), at radius ``eps`` (pixel units) in ``norm`` with ``method`` ("ibp", "crown-ibp", "crown").
+    Every attack's R_hyp(D-) / R_adv(D+) on the same points is <= these. The model is left as found.
+    """
+    from hyporay.certify import certify
+
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    correct, unconcealable, robust = [], [], []
+    for x, y in batches:
+        cert = certify(model, x.to(device), y.to(device), eps=eps, norm=norm, method=method)
+        correct.append(cert.correct.cpu())
+        unconcealable.append(cert.unconcealable.cpu())
+        robust.append(cert.robust.cpu())
+    if not correct:
+        raise ValueError("batches: no examples to certify")
+    correct_t = torch.cat(correct)
+    return {HYPOCRITICAL_RISK_CERTIFIED_UPPER: 1.0 - _mean(torch.cat(unconcealable), ~correct_t),
+            ADVERSARIAL_RISK_CORRECT_CERTIFIED_UPPER: 1.0 - _mean(torch.cat(robust), correct_t)}

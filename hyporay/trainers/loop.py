@@ -39,6 +39,7 @@ class OptimConfig:
     weight_decay: float = 5e-4
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
+    optimizer: str = "sgd"  # "sgd" (the paper's) or "adam" (betas (momentum, 0.999); the l_inf-dist net's)
 
 
 def _channels_last(t: Tensor) -> Tensor:
@@ -170,7 +171,8 @@ class Trainer:
                  optim: OptimConfig | None = None, batch_size: int = 128, augment: bool = False,
                  amp: bool = False, amp_dtype: str | torch.dtype = "auto", channels_last: bool = False,
                  compile: bool | str | Callable = False, drop_last: bool | None = None,
-                 concat_forward: bool = True, device: str | torch.device = "cpu", seed: int = 0) -> None:
+                 concat_forward: bool = True, device: str | torch.device = "cpu", seed: int = 0,
+                 epochs: int | None = None) -> None:
         if loss not in LOSSES:
             raise ValueError(f"trainer: unknown {loss!r}; known: {', '.join(sorted(LOSSES))}")
         self.device = torch.device(device)
@@ -181,8 +183,15 @@ class Trainer:
         self.loss_name, self.loss_fn = loss, LOSSES[loss]
         self.batch_size, self.augment = batch_size, augment
         o = optim or OptimConfig()
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
-                                         weight_decay=o.weight_decay)
+        if o.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer: unknown {o.optimizer!r}; known: adam, sgd")
+        if o.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=o.lr, betas=(o.momentum, 0.999),
+                                              weight_decay=o.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
+                                             weight_decay=o.weight_decay)
+        self.epochs = epochs  # the planned number of epochs, for models with a schedule (set_progress)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=list(o.milestones),
                                                               gamma=o.gamma)
         self.amp = amp
@@ -271,6 +280,9 @@ class Trainer:
             raise ValueError(f"train: drop_last (static shapes for train.compile) needs at least "
                              f"batch_size={self.batch_size} training examples, got {len(x)}")
         self.model.train()
+        for m in self.model.modules():  # e.g. the l_inf-dist net's p-norm annealing
+            if self.epochs and hasattr(m, "set_progress"):
+                m.set_progress(self.epoch, self.epochs)
         t0, n = time.perf_counter(), 0
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
