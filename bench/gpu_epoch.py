@@ -300,8 +300,10 @@ def estimate_gpu_hours(epoch_s: dict, model_nt_s: dict, eval_u: dict, eval_t: di
         e = (eval_t if targeted else eval_u)["seconds_per_10k"]
         return e * model_nt_s[model] / model_nt_s[model3]
 
+    # the Fig. 4 sweep's trials: TRADES and THRM per λ, λ = 0 (natural training) planned once for both
+    fig4_trials = list(dict.fromkeys((t if lam else "natural", lam) for t in ("trades", "thrm") for lam in PAPER_LAMBDAS))
     fig4 = sum(PAPER_EPOCHS * ep(model3, t, lam) + (PAPER_EPOCHS // PAPER_EVAL_EVERY) * ev(model3, False)
-               for t in ("trades", "thrm") for lam in PAPER_LAMBDAS)
+               for t, lam in fig4_trials)
     trials = reproduce_trials(model3=model3)
     repro = sum((0 if v == "naive" else PAPER_EPOCHS) * ep(m, t, lam) + ev(m, tg) for _, v, m, t, lam, tg in trials)
     # poisoning, once per architecture (cached across trials): the naturally trained source model, then the
@@ -314,7 +316,7 @@ def estimate_gpu_hours(epoch_s: dict, model_nt_s: dict, eval_u: dict, eval_t: di
                  + POISON_STEPS * EPOCH_IMAGES * attack_pass_s * model_nt_s[m] / model_nt_s[model3] for m in poisoned)
     hours = {"fig4": fig4 / 3600, "reproduce": (repro + poison) / 3600}
     return {
-        "fig4_trials": 2 * len(PAPER_LAMBDAS), "reproduce_trials": len(trials),
+        "fig4_trials": len(fig4_trials), "reproduce_trials": len(trials),
         "gpu_hours_one_trial_per_gpu": hours,
         "gpu_hours_best_sharing": {k: v / max(speedup, 1.0) for k, v in hours.items()},
         "sharing_speedup": speedup,

@@ -137,7 +137,7 @@ def test_certificate_is_the_margin_rule_at_p_inf(trained, digits):
 
 def test_profile_trains_it_with_trades_or_thrm():
     from hyporay.config import load_config
-    from hyporay.engine.driver import load_profile
+    from hyporay.engine.definition import load_profile
 
     prof = load_profile(ROOT / "sweeps" / "configs", "local_linfdist")
     assert set(prof["sweep"]["train.trainer"]) <= {"trades", "thrm"} and prof["sweep"]["model.name"] == ["linf_dist"]

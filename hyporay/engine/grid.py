@@ -208,7 +208,7 @@ class GridPlan:
         from hyporay.engine.publish import announce
 
         announce(self.d, self.defn.name, len(self.planned), self.run_dir_name, self.experiment, self.exp_id,
-                 self.parent_id, self.planned[0].config, resumed=bool(self.resumed))
+                 self.parent_id, self.planned[0].config, self.defn.label_key, resumed=bool(self.resumed))
 
     def total(self) -> int:
         return len(self.planned)
@@ -264,7 +264,7 @@ class GridPlan:
             artefacts += resolve(defn.after)(ctx)
         c = tracking.client(d.tracking_uri)
         view = publish.to_parent(c, d.tracking_uri, self.exp_id, self.parent_id, df, artefacts,
-                                 note=publish.note(title, caption, pts, df))
+                                 note=publish.note(title, caption, pts, df), label_key=defn.label_key)
         tracking.set_tags(c, self.parent_id, {"errored_trials": str(len(errors))})
         if not unfinished:  # an interrupted sweep's parent stays RUNNING until --resume completes it
             tracking.retry(c.set_terminated, self.parent_id,

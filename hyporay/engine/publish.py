@@ -43,7 +43,7 @@ def links(tracking_uri: str, experiment_id: str, parent_id: str) -> list[str]:
 
 
 def announce(d, sweep: str, n: int, run_dir: str, experiment: str, exp_id: str, parent_id: str, trial: dict,
-             resumed: bool = False) -> None:
+             label_key: str, resumed: bool = False) -> None:
     """The lines a sweep prints when its trials start: what runs where, under which threat model, and the MLflow
     links to watch it live."""
     from hyporay.analysis.tables import threat_caption
@@ -52,7 +52,7 @@ def announce(d, sweep: str, n: int, run_dir: str, experiment: str, exp_id: str, 
     threat = threat_caption(trial)
     c = tracking.client(d.tracking_uri)
     tracking.set_tags(c, parent_id, {THREAT_TAG: threat})
-    mlflow_ui.write_frontier_view(d.tracking_uri, exp_id, [])
+    mlflow_ui.write_frontier_view(d.tracking_uri, exp_id, [], parent_id, label_key)
     say(f"{sweep}: {n} trials on {info.nodes} node(s) ({info.cpus:g} CPU, {info.gpus:g} GPU), {d.resources} per "
         f"trial; Tune storage {d.storage}/{run_dir}" + (" (resumed)" if resumed else ""))
     say(f"threat model: {threat}")
@@ -91,8 +91,8 @@ def note(title_text: str, caption: str, pts: list[F.FrontierPoint], df) -> str:
     return "\n".join(lines)
 
 
-def to_parent(c, tracking_uri: str, experiment_id: str, parent_id: str, df, artefacts, note: str | None = None
-              ) -> str | None:
+def to_parent(c, tracking_uri: str, experiment_id: str, parent_id: str, df, artefacts, note: str | None = None,
+              label_key: str = F.DEFAULT_LABEL) -> str | None:
     """Artefacts and the description on the parent run, and the experiment's trade-off view rewritten with the
     metrics the runs logged; returns the view's link (None when no run logged the risks)."""
     for a in artefacts:
@@ -102,7 +102,7 @@ def to_parent(c, tracking_uri: str, experiment_id: str, parent_id: str, df, arte
     keys = sorted({k for k in df.columns if df[k].dtype.kind == "f"} - {"seed"}) if not df.empty else []
     if "natural_risk" not in keys:
         return None
-    return mlflow_ui.write_frontier_view(tracking_uri, experiment_id, keys)
+    return mlflow_ui.write_frontier_view(tracking_uri, experiment_id, keys, parent_id, label_key)
 
 
 def summary(d, df, pts, caption: str, errors, unfinished: int, artefacts, experiment: str, exp_id: str,
@@ -165,5 +165,6 @@ def rebuild_for_parent(tracking_uri: str, experiment_id: str, parent_id: str, ou
     paths = [T.write_csv(F.csv_rows(pts), out / "frontier.csv"), plots.frontier_png(pts, out / "frontier.png", name,
                                                                                      caption),
              plots.frontier_html(pts, out / "frontier.html", name, caption)]
-    view = to_parent(c, tracking_uri, experiment_id, parent_id, df, paths, note=note(name, caption, pts, df))
+    view = to_parent(c, tracking_uri, experiment_id, parent_id, df, paths, note=note(name, caption, pts, df),
+                     label_key=label_key)
     return pts, left, paths, view, caption

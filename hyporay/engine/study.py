@@ -290,6 +290,7 @@ class StudyPlan:
         return {"trial": cfg, "key": key, "name": name, "tags": tags}
 
     def announce(self) -> None:
+        from hyporay.engine import mlflow_ui
         from hyporay.engine.publish import links
 
         b = self.base
@@ -308,9 +309,12 @@ class StudyPlan:
         say(f"threat model: {threat_caption(b)}")
         say(f"MLflow: {self.d.tracking_uri}  experiment {self.experiment!r} (id {self.exp_id})  parent run "
             f"{self.parent_id}")
+        mlflow_ui.write_frontier_view(self.d.tracking_uri, self.exp_id, [], self.parent_id, "train.attack.eps")
         say("watch it live:")
-        say(f"  {links(self.d.tracking_uri, self.exp_id, self.parent_id)[1]}")
-        say(f"  optuna-dashboard {self.storage}")
+        for line in links(self.d.tracking_uri, self.exp_id, self.parent_id):
+            if not line.startswith("frontier.png"):
+                say("  " + line)
+        say(f"  optuna-dashboard:  optuna-dashboard {self.storage}")
 
     def total(self) -> int:
         return self.n_trials

@@ -12,7 +12,7 @@ from hyporay.analysis import frontier as F
 from hyporay.analysis import plots, runs
 from hyporay.analysis import tables as T
 from hyporay.analysis.stats import pareto_mask
-from hyporay.engine import tracking
+from hyporay.engine import mlflow_ui, tracking
 from hyporay.engine.optuna_storage import first_line
 from hyporay.engine.run import say
 from hyporay.engine.search import EPOCHS_TRAINED, OBJECTIVE, STATE_TAG, STATES, TRIAL_NUMBER_TAG
@@ -149,6 +149,8 @@ def publish(plan, df, c) -> list:
     tags["mlflow.note.content"] = (f"### Optuna study {plan.study_name}\n\n{plan.objective_text()}; "
                                    f"{caption}\n\n" + ", ".join(f"{v} {k}" for k, v in counts.items()))
     tracking.set_tags(c, plan.parent_id, tags)
+    keys = sorted({k for k in df.columns if df[k].dtype.kind == "f"}) if not df.empty else []
+    mlflow_ui.write_frontier_view(plan.d.tracking_uri, plan.exp_id, keys, plan.parent_id, "train.attack.eps")
     return paths
 
 
@@ -223,7 +225,8 @@ def summary(plan, df, paths) -> None:
     say(f"parent run:      {plan.parent_id}")
     for p in paths:
         say(f"artefact:        {p}")
-    for line in links(plan.d.tracking_uri, plan.exp_id, plan.parent_id)[:2]:
-        say(line)
+    for line in links(plan.d.tracking_uri, plan.exp_id, plan.parent_id):
+        if not line.startswith("frontier.png"):
+            say(line)
     say(f"watch live:      optuna-dashboard {plan.storage}")
     say(f"continue with:   {continue_command(plan)}")

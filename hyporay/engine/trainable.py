@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hyporay import provenance
 from hyporay.dotted import flatten
-from hyporay.engine import tracking
+from hyporay.engine import mlflow_ui, tracking
 
 
 def trial_key(trial: dict) -> str:
@@ -53,7 +53,8 @@ def tune_trainable(config: dict, datasets: dict | None = None) -> None:
     c = tracking.client(meta["tracking_uri"])
     node = ray.get_runtime_context().get_node_id()
     prov = tracking.provenance_tags(provenance.of_trial(trial))
-    tags = {**meta.get("tags", {}), **trial_tags(trial), **plan.get("tags", {}), **prov, "ray_node_id": node}
+    tags = {**meta.get("tags", {}), **trial_tags(trial), **plan.get("tags", {}), **prov, "ray_node_id": node,
+            **mlflow_ui.run_colour(trial["train"]["trainer"])}
     run, created = tracking.find_or_create_child(c, meta["experiment_id"], meta["parent_run_id"], key, plan["name"],
                                                  tags)
     run_id = run.info.run_id
@@ -64,6 +65,9 @@ def tune_trainable(config: dict, datasets: dict | None = None) -> None:
         return
     if created:
         tracking.log_params(c, run_id, {**flatten(trial), **meta.get("params", {})})
+        # λ and ε as metrics too: the UI sorts the runs table by them numerically (params sort as text)
+        tracking.log_metrics(c, run_id, {"lam": trial["train"]["lam"], "eps": trial["train"]["attack"]["eps"]},
+                             step=0)
         last_logged = -1
     else:
         tracking.set_tags(c, run_id, {"ray_node_id": node})  # the last node it ran on
