@@ -267,6 +267,29 @@ def _add_audit_parser(sub, fmt) -> None:
     a.set_defaults(func=cmd_audit)
 
 
+def cmd_ui(args) -> int:
+    """Serve the MLflow UI over a local SQLite store on 127.0.0.1 (what `make ui` runs); checks first, in one line,
+    that the store exists and the port is free."""
+    import socket
+
+    db = Path(args.db).resolve()
+    if not db.is_file():
+        raise FileNotFoundError(f"--db: no MLflow database at {db}; run a sweep first (make run)")
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", args.port))
+        except OSError:
+            raise ValueError(f"--port: {args.port} on 127.0.0.1 is in use (an MLflow UI already running?); pick "
+                             f"another, e.g. make ui UI_PORT={args.port + 1}") from None
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{db}",
+           "--default-artifact-root", (db.parent / "mlartifacts").as_uri(), "--host", "127.0.0.1", "--port",
+           str(args.port), "--workers", "1"]
+    print(f"MLflow UI on http://127.0.0.1:{args.port} over {db} (Ctrl-C stops it)", flush=True)
+    os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no GenAI job runner: starts in seconds
+    os.execv(cmd[0], cmd)
+    return 0  # not reached
+
+
 def cmd_validate_cluster(args) -> int:
     from hyporay.cluster.validate import run
 
@@ -328,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=cmd_frontier)
 
     _add_audit_parser(sub, fmt)
+
+    u = sub.add_parser("ui", help="serve the MLflow UI over ./mlflow.db on 127.0.0.1 (make ui)", formatter_class=fmt,
+                       description="The MLflow UI over a sweep's local SQLite store, bound to 127.0.0.1 only.")
+    u.add_argument("--db", default="mlflow.db", help="the SQLite store a sweep wrote (default: ./mlflow.db)")
+    u.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (the port the sweeps' links use)")
+    u.set_defaults(func=cmd_ui)
 
     v = sub.add_parser("validate-cluster", help="check Ray cluster files offline (exit 0 valid, 1 invalid, "
                                                 "2 unreadable)",

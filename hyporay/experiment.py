@@ -61,6 +61,23 @@ def check_resumable(saved: TrialConfig, new: TrialConfig) -> None:
                               f"{old.get(key)!r}; resume with the same value or train anew in another --out")
 
 
+def check_certifiable(cfg: TrialConfig, model: torch.nn.Module, ds: Dataset) -> None:
+    """With ``eval.certify``, the model must be one the certifier handles: found out now, on one test point, in one
+    line (ConfigError), not after training. ``model`` is on the CPU (before the trainer places it)."""
+    if cfg.eval.certify == "none":
+        return
+    from hyporay.certify import NotCertifiable, certify
+    from hyporay.data import to_float
+
+    try:
+        certify(model.eval(), to_float(ds.x_test[:1]).cpu(), ds.y_test[:1].cpu(), eps=cfg.eval.attack.eps,
+                norm=cfg.eval.attack.norm, method=cfg.eval.certify)
+    except NotCertifiable as exc:
+        raise ConfigError(f"eval.certify: {exc}") from None
+    finally:
+        model.train()
+
+
 def check_budget(cfg: TrialConfig, in_shape: tuple[int, ...]) -> None:
     """An l_2 radius beyond the diameter of [0,1]^d (sqrt(d)) covers every image: a typo, refused (ConfigError)."""
     d = 1
@@ -272,6 +289,7 @@ def run_trial(config: TrialConfig | dict | str | Path, report: Report | None = N
     if device.type == "cuda":  # GPU-first: the data sets live on the GPU (uint8 stays uint8), batched there
         x_train, y_train, ds = place(x_train, device), place(y_train, device), ds.to(device, train=False)
     model = make_model(cfg, ds)
+    check_certifiable(cfg, model, ds)
     trainer = make_trainer(cfg, model, device)
     if resumed is not None:
         try:
@@ -292,8 +310,10 @@ def run_trial(config: TrialConfig | dict | str | Path, report: Report | None = N
             if log:
                 log(_epoch_line(epoch, epochs, stats, None))
             continue
+        # the certified bound only for the final model (the one every result is about): bounds cost more than attacks
         metrics = {EPOCH: float(epoch), **stats,
-                   **evaluate_model(cfg, trainer.model, ds, device, epoch=epoch),
+                   **evaluate_model(cfg, trainer.model, ds, device, epoch=epoch,
+                                    certify=None if epoch == epochs else "none"),
                    "elapsed_seconds": time.perf_counter() - start}
         if epoch == epochs:  # the final evaluation: also the attack-convergence grids, in the last report
             metrics.update(convergence_metrics(cfg, trainer.model, ds, device, epoch=epoch))

@@ -426,3 +426,14 @@ def test_cli_frontier_missing_sqlite_file(tmp_path, capsys, monkeypatch):
     assert main(["frontier", "--experiment", "x"]) == 2
     assert "no MLflow database at" in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_certified_side_of_the_bracket_reaches_table_and_csv(tmp_path):
+    rs = [_run(params={"train.trainer": "thrm", "train.lam": "5", "seed": str(s)},
+               metrics={X: 0.1, Y: y, F.UPPER: u}) for s, y, u in ((0, 0.4, 0.9), (1, 0.5, 1.0))]
+    pts = F.points(_table(rs))
+    assert pts[0].hypocritical_risk_certified_upper == pytest.approx(0.95) and F.certified(pts)
+    assert "certified <=" in F.table(pts) and "0.9500" in F.table(pts)
+    assert F.UPPER in F.csv_rows(pts)[0]
+    plain = F.points(_table(_frontier_runs()))
+    assert not F.certified(plain) and F.UPPER not in F.csv_rows(plain)[0] and "certified" not in F.table(plain)

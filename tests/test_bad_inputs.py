@@ -133,6 +133,7 @@ def _cases():
         ("hyporay", ["audit", f"{c}/good", "--steps-grid", "3,1"], "steps_grid: must be a non-empty ascending"),
         ("hyporay", ["frontier", "--experiment", "x"], "tracking-uri: no MLflow database at"),
         ("hyporay", ["bogus"], "invalid choice: 'bogus'"),
+        ("hyporay", ["ui", "--db", "nope.db"], "--db: no MLflow database at"),
         # sweep flags (checked before Ray starts or any MLflow run is created)
         ("thrm_lambda", ["--lambdas", "x"], "--lambdas: cannot read 'x' as float"),
         ("thrm_lambda", ["--cpus-per-trial", "-1"], "--cpus-per-trial: must be > 0, got -1"),
@@ -178,6 +179,30 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, tmp_path, cmd, a
     assert "Traceback" not in err and len(lines) <= 2, err  # argparse adds its usage line
     assert list(tmp_path.iterdir()) == []                   # nothing written where the command ran
     assert sorted(p.name for p in files.rglob("*")) == before  # and nothing changed beside the inputs
+
+
+@pytest.mark.parametrize("axes, label, needle", [
+    ([("train.lamda", [1.0])], "train.lam", "sweep t: axis 'train.lamda' is not a trial field; e.g. train.amp"),
+    ([("train.lam", [1.0])], "train.lamb", "sweep t: label_key 'train.lamb' is not a trial field"),
+])
+def test_a_sweep_definition_naming_no_trial_field_is_one_line(tmp_path, axes, label, needle):
+    from hyporay.engine import Axis, SweepDefinition, main
+
+    defn = SweepDefinition("t", "a test sweep", [Axis(k, v) for k, v in axes], label_key=label)
+    code, _, err = invoke(lambda argv: main(defn, argv, SWEEPS / "configs"), ["--profile", "local"], tmp_path)
+    assert code == 2 and needle in err and err.count("\n") == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_ui_on_a_busy_port_is_one_line(files, tmp_path):
+    import socket
+
+    (tmp_path / "mlflow.db").write_bytes(b"")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code, _, err = hyporay(["ui", "--port", str(port)], tmp_path)
+    assert code == 2 and f"--port: {port} on 127.0.0.1 is in use" in err and err.count("\n") == 1
 
 
 def test_the_refused_resume_left_the_run_as_it_was(files):

@@ -17,6 +17,7 @@ from hyporay.analysis.runs import mean_std
 from hyporay.analysis.stats import pareto_mask
 
 X, Y = M.NATURAL_RISK, M.HYPOCRITICAL_RISK
+UPPER = M.HYPOCRITICAL_RISK_CERTIFIED_UPPER  # with eval.certify: the bracket's certified side of R_hyp(D-)
 DEFAULT_LABEL = "train.lam"
 _LABEL_SYMBOL = {"train.lam": "λ", "train.attack.eps": "ε"}
 
@@ -33,6 +34,9 @@ class FrontierPoint:
     pareto: bool = False           # Pareto-optimal among every point of the frontier
     front: bool = False            # on its own curve's Pareto front
     label_key: str = DEFAULT_LABEL
+    # the certified upper bound of R_hyp(D-) (mean over seeds; NaN without eval.certify): R_hyp(D-) as found by
+    # the attack is the bracket's lower side
+    hypocritical_risk_certified_upper: float = float("nan")
 
     @property
     def label_text(self) -> str:
@@ -69,8 +73,8 @@ def curve_rows(df: pd.DataFrame, label_key: str = DEFAULT_LABEL) -> pd.DataFrame
         label = "n/a" if label is None or (isinstance(label, float) and pd.isna(label)) else label
         for curve in r.get("curves") or (str(r.get("train.trainer")),):
             rows.append({"curve": curve, "label": label, X: float(r[X]), Y: float(r[Y]), "seed": r.get("seed"),
-                         "run_id": r.get("run_id")})
-    return pd.DataFrame(rows, columns=["curve", "label", X, Y, "seed", "run_id"])
+                         "run_id": r.get("run_id"), UPPER: float(r.get(UPPER, float("nan")))})
+    return pd.DataFrame(rows, columns=["curve", "label", X, Y, "seed", "run_id", UPPER])
 
 
 def points(df: pd.DataFrame, label_key: str = DEFAULT_LABEL) -> list[FrontierPoint]:
@@ -79,7 +83,8 @@ def points(df: pd.DataFrame, label_key: str = DEFAULT_LABEL) -> list[FrontierPoi
     pts = []
     for (curve, label), g in cr.groupby(["curve", "label"], sort=False):
         (xm, xs), (ym, ys) = mean_std(g[X]), mean_std(g[Y])
-        pts.append(FrontierPoint(str(curve), label, len(g), xm, xs, ym, ys, label_key=label_key))
+        pts.append(FrontierPoint(str(curve), label, len(g), xm, xs, ym, ys, label_key=label_key,
+                                 hypocritical_risk_certified_upper=mean_std(g[UPPER])[0]))
     pts.sort(key=lambda p: (p.trainer, _label_order(p.label)))
     for p, flag in zip(pts, pareto_mask([(p.natural_risk, p.hypocritical_risk) for p in pts])):
         p.pareto = bool(flag)
@@ -111,23 +116,35 @@ def table(pts: list[FrontierPoint], caption: str | None = None) -> str:
     key = pts[0].label_key if pts else DEFAULT_LABEL
     name = "lambda" if key == DEFAULT_LABEL else label_column(key)
     width = max([7, len(name)] + [len(_fmt_label(p.label)) for p in pts])
-    head = f"{'trainer':<8} {name:>{width}} {'seeds':>5} {'natural_risk':>18} {'hypocritical_risk':>18}  pareto"
+    upper = certified(pts)
+    head = (f"{'trainer':<8} {name:>{width}} {'seeds':>5} {'natural_risk':>18} {'hypocritical_risk':>18}"
+            + ("  certified <=" if upper else "") + "  pareto")
     lines = ([caption] if caption else []) + [head, "-" * len(head)]
     for p in pts:
         mark = "*" if p.pareto else "+" if p.front else ""
+        bound = f"  {p.hypocritical_risk_certified_upper:>12.4f}" if upper else ""
         lines.append(f"{p.trainer:<8} {_fmt_label(p.label):>{width}} {p.n_seeds:>5d} "
                      f"{p.natural_risk:>9.4f} ± {p.natural_risk_std:<6.4f}"
-                     f" {p.hypocritical_risk:>9.4f} ± {p.hypocritical_risk_std:<6.4f}  {mark}")
+                     f" {p.hypocritical_risk:>9.4f} ± {p.hypocritical_risk_std:<6.4f}{bound}  {mark}")
     if pts:
         lines.append("* Pareto-optimal among all points; + on its trainer's own front (mean ± std over seeds)")
     return "\n".join(lines)
 
 
+def certified(pts: list[FrontierPoint]) -> bool:
+    """Whether the points carry the certified side of the R_hyp(D-) bracket (the runs had eval.certify)."""
+    return any(p.hypocritical_risk_certified_upper == p.hypocritical_risk_certified_upper for p in pts)
+
+
 def csv_rows(pts: list[FrontierPoint]) -> list[dict]:
-    """The CSV's rows: the label under its column name (``lam``, ``eps``, ``model``, ...), no ``label_key``."""
+    """The CSV's rows: the label under its column name (``lam``, ``eps``, ``model``, ...), no ``label_key``; the
+    certified upper bound of R_hyp(D-) only when some run had one."""
     out = []
+    with_upper = certified(pts)
     for p in pts:
         d = asdict(p)
         d.pop("label_key")
+        if not with_upper:
+            d.pop(UPPER)
         out.append({"trainer": d.pop("trainer"), label_column(p.label_key): d.pop("label"), **d})
     return out

@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import Callable
 
-from ray.tune import ProgressReporter
+from ray.tune import Callback, ProgressReporter
 
 from hyporay import metrics as M
 
@@ -29,6 +29,46 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.3f}" if abs(v) < 100 and not v.is_integer() else f"{v:g}"
     return str(v)
+
+
+def quiet_logs() -> None:
+    """hyporay's console replaces Tune's per-failure tracebacks (``Events`` says what happened in one line) and
+    MLflow's schema-creation chatter; ``--verbose`` keeps them."""
+    import logging
+    import os
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _error_line(trial) -> str:
+    """What went wrong, in a few words: a lost worker, or the exception the trial raised (from the error file
+    Tune has just written for it)."""
+    from pathlib import Path
+
+    try:
+        text = Path(trial.error_file).read_text().rsplit("Failure #", 1)[-1]
+    except (OSError, TypeError):
+        return "failed"
+    if "ActorDiedError" in text or "worker process has died" in text or "node has died" in text:
+        return "its worker died"
+    last = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return last[-1][:120] if last else "failed"
+
+
+class Events(Callback):
+    """One line when a trial is retried (its worker died, or it raised) and when it fails for good."""
+
+    def __init__(self, max_failures: int, say: Callable[[str], None] = print):
+        self.max_failures, self.say, self.start = max_failures, say, time.time()
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        epoch = int((trial.last_result or {}).get("epoch", 0) or 0)
+        self.say(f"[{duration(time.time() - self.start):>6}] retry      {name_of(trial):<34} {_error_line(trial)}; "
+                 f"continues from its checkpoint at epoch {epoch} (retry {trial.num_failures} of "
+                 f"{self.max_failures})")
 
 
 def plan_of(trial) -> dict:

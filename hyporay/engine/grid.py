@@ -55,7 +55,7 @@ def load_and_check(trials: list[dict]) -> dict:
     value fails here in one line, not in every Ray worker)."""
     from hyporay.config import load_config
     from hyporay.engine.trainable import data_key
-    from hyporay.experiment import check_budget, load_trial_data, make_model
+    from hyporay.experiment import check_budget, check_certifiable, load_trial_data, make_model
 
     datasets, built = {}, set()
     for t in trials:
@@ -66,11 +66,28 @@ def load_and_check(trials: list[dict]) -> dict:
         ds = datasets[k]
         check_budget(cfg, ds.in_shape)
         arch = (cfg.model.name, json.dumps(cfg.model.kwargs, sort_keys=True, default=str), ds.in_shape,
-                ds.num_classes)
+                ds.num_classes, cfg.eval.certify)
         if arch not in built:
-            make_model(cfg, ds)
+            check_certifiable(cfg, make_model(cfg, ds), ds)
             built.add(arch)
     return datasets
+
+
+def check_definition(defn) -> None:
+    """A sweep's axes, label and defaults name trial fields (ConfigError, one line, naming the first that does not)."""
+    from hyporay.config import ConfigError, TrialConfig
+    from hyporay.dotted import flatten
+
+    known = set(flatten(TrialConfig().model_dump()))
+
+    def ok(key: str) -> bool:
+        return key in known or key.startswith(("model.kwargs.", "imports"))
+
+    for what, key in ([("axis", a.key) for a in defn.axes] + [("label_key", defn.label_key)]
+                      + [("defaults", k) for k in defn.defaults]):
+        if not ok(key):
+            near = sorted(k for k in known if k.split(".")[0] == key.split(".")[0])[:8]
+            raise ConfigError(f"sweep {defn.name}: {what} {key!r} is not a trial field; e.g. {', '.join(near) or 'seed'}")
 
 
 class GridPlan:
@@ -109,6 +126,7 @@ class GridPlan:
             self.values, self.n_seeds = {}, len({p.config["seed"] for p in self.planned})
             return
         d, defn, args = self.d, self.defn, self.args
+        check_definition(defn)
         base = d.base_trial(defn.defaults)
         values = {}
         for a in defn.axes:

@@ -19,16 +19,14 @@ def say(msg: str = "") -> None:
 
 def ui_command(tracking_uri: str) -> str | None:
     """The command that serves the MLflow UI over a local SQLite store, runnable as printed: ``make ui`` from the
-    project root, else the full path of this environment's ``mlflow``."""
+    project root, else this environment's ``hyporay ui`` by its full path."""
     if not tracking_uri.startswith("sqlite:///"):
         return None
     db = Path(tracking_uri[len("sqlite:///"):])
     makefile = Path.cwd() / "Makefile"
     if db == Path.cwd() / "mlflow.db" and makefile.is_file() and "\nui:" in makefile.read_text():
         return "make ui"
-    mlflow = Path(sys.executable).parent / "mlflow"
-    return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false {mlflow} server --backend-store-uri {tracking_uri} "
-            f"--host 127.0.0.1 --port {mlflow_ui.UI_PORT}")
+    return f"{Path(sys.executable).parent / 'hyporay'} ui --db {db}"
 
 
 def links(tracking_uri: str, experiment_id: str, parent_id: str) -> list[str]:

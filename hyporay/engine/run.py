@@ -100,6 +100,10 @@ class Driver:
         return plan
 
     def run(self) -> int:
+        if not self.args.verbose:
+            from hyporay.engine.console import quiet_logs
+
+            quiet_logs()
         plan = self.prepare()
         if self.args.dry_run:
             plan.dry_run()
@@ -186,17 +190,19 @@ class Driver:
         --verbose), retries from the last checkpoint."""
         from ray import tune
 
-        from hyporay.engine.console import Console, name_of
+        from hyporay.engine.console import Console, Events, name_of
         from hyporay.engine.trainable import tune_trainable
 
         trainable = tune.with_resources(tune.with_parameters(tune_trainable, datasets=datasets), self.resources)
+        events = []
         if not self.args.verbose:
             os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's legacy console honours a progress reporter
+            events = [Events(self.args.max_failures, say)]
         console = None if self.args.verbose else Console(plan.total(), self.args.progress_every, plan.axes(), say,
                                                          plan.outcome_of)
         run_config = tune.RunConfig(
             name=plan.run_dir_name, storage_path=self.storage, verbose=2 if self.args.verbose else 1,
-            progress_reporter=console, callbacks=plan.callbacks(),
+            progress_reporter=console, callbacks=[*plan.callbacks(), *events],
             failure_config=tune.FailureConfig(max_failures=self.args.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
         tune_config = tune.TuneConfig(reuse_actors=True,  # same resources: no worker start per trial

@@ -207,8 +207,10 @@ def build_report(df, planned, profile: str, out: Path, *, command: str, hardware
         p = pt.get((tr, lam))
         if p is None:
             return "n/a"
+        upper = p.hypocritical_risk_certified_upper
+        bracket = f" ≤ {upper:.3f} certified" if upper == upper else ""
         return (f"{R.mean_pm(p.natural_risk, p.natural_risk_std)} ; "
-                f"{R.mean_pm(p.hypocritical_risk, p.hypocritical_risk_std)}{' (front)' if p.front else ''}")
+                f"{R.mean_pm(p.hypocritical_risk, p.hypocritical_risk_std)}{bracket}{' (front)' if p.front else ''}")
 
     body4 = [[f"{lam:g}"] + [cell(tr, lam) for tr in FIG4_TRAINERS] for lam in lams]
     fronts = [[TRAINER_NAMES.get(tr, tr), ", ".join(f"λ={p.label:g} ({p.natural_risk:.3f}, {p.hypocritical_risk:.3f})"
@@ -241,6 +243,10 @@ def build_report(df, planned, profile: str, out: Path, *, command: str, hardware
             "reach (the whole square also rewards reaching natural risks the other trainer never reaches)."),
            ("- Runs whose numbers are not results (unfinished, diverged, degenerate models) are left out of every "
             "table and claim, and counted above."),
+           ("- R_hyp(D-) found by the attack is a lower bound; where the runs certified their final model "
+            "(`eval.certify`), Fig. 4's cells also give the certified upper bound (`≤ ... certified`): the true "
+            "hypocritical risk lies in between. A bound of 1.000 means no misclassified point could be certified "
+            "at this ε (the MLPs here are not certifiably robust; see the README's bracket section)."),
            ("- Verdicts are computed by `hyporay/paper/claims.py` (`claim1` ... `claim5`) from the MLflow child runs "
             "of this sweep; nothing in this report is written by hand."), ""]
     text = "\n".join(md)

@@ -1,6 +1,7 @@
 """Whole sweeps on a real local Ray with a real MLflow SQLite store (the main job, small)."""
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def test_sweep_with_dying_workers_logs_each_trial_once(small_sweep):
     exp = c.get_experiment(parent.info.experiment_id)
     assert "mlflow.sharedViewState.hyporay-frontier" in exp.tags
     assert f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in r.stdout
-    assert "mlflow server --backend-store-uri sqlite:///" in r.stdout
+    assert re.search(r"^open the UI: +/\S+/hyporay ui --db /\S+/mlflow.db$", r.stdout, re.M)  # runnable as printed
     natural = next(ch for ch in children if ch.data.params["train.trainer"] == "natural")
     assert natural.data.tags["hyporay.curves"] == "trades,thrm"          # one run, both curves
     frontier = {(row["trainer"], float(row["lam"])) for row in _frontier_csv(c, parent)}
@@ -81,6 +82,28 @@ def _frontier_csv(c, parent):
         path = c.download_artifacts(parent.info.run_id, "frontier.csv", d)
         with open(path, newline="") as f:
             return list(csv.DictReader(f))
+
+
+def test_console_names_trials_as_mlflow_and_dumps_no_config(small_sweep):
+    """What a user reads: the MLflow links before the first trial (watch it live), one line per finished trial under
+    its MLflow run name with its risks, one line per retry, progress lines with an ETA; no per-trial config dump, no
+    Tune trial ids, no tracebacks of the deliberately killed workers, and short."""
+    r, tmp_path = small_sweep["proc"], small_sweep["dir"]
+    out = r.stdout
+    c, _, children = _runs(tmp_path)
+    lines = out.splitlines()
+    first_progress = next(i for i, ln in enumerate(lines) if "] progress:" in ln)
+    assert any(ln.strip().startswith("trade-off chart: http://") for ln in lines[:first_progress])
+    for ch in children:
+        name = ch.info.run_name
+        done = [ln for ln in lines if re.search(rf"\]\s+done\s+{re.escape(name)}\s+epoch 2\s+natural 0\.\d+", ln)]
+        assert len(done) == 1, (name, out[-3000:])
+        assert any(re.search(rf"retry\s+{re.escape(name)}\s+its worker died; continues from its checkpoint", ln)
+                   for ln in lines), name
+    assert re.search(r"progress: 3/3 done, 0 running, 0 pending; elapsed \S+, ETA", out)
+    assert "tune_trainable" not in out and "Traceback" not in out + r.stderr and "Trial status" not in out
+    assert "train.attack.eps" not in out  # no config dump: the config is in MLflow
+    assert len(lines) < 60, len(lines)
 
 
 def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
