@@ -180,7 +180,7 @@ def test_cli_exit_status_and_lines(tmp_path):
     ("10.0.0.0/8", False), ("10.1.2.0/24", False), ("172.16.0.0/12", False), ("192.168.0.0/16", False),
     ("100.64.0.0/10", False), ("fd00::/8", False), ("127.0.0.1/32", False)])
 def test_cidrs_are_reasoned_about_not_matched(cidr, public):
-    from hyporay.cluster.validate import admits_public
+    from hyporay.cluster.rules import admits_public
 
     assert admits_public(cidr) is public
 

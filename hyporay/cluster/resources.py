@@ -40,7 +40,12 @@ def bind_loopback_if_local(address: str | None = None) -> bool:
     return os.environ.get(LOOPBACK_ENV) == "0"
 
 
-def init_ray(address: str | None = None, *, num_cpus: int | None = None):
+# every worker of a sweep imports torch, hyporay and mlflow when it starts (Ray starts them with the driver), not
+# when its first trial arrives: the imports overlap with the driver's own set-up
+WARM_UP_HOOK = "hyporay.engine.trainable.warm_up"
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None, warm_up: bool = True):
     """Connect to a running cluster when RAY_ADDRESS (or ``address``) says so, else start a fresh local Ray.
 
     A local Ray binds 127.0.0.1 only (see ``bind_loopback_if_local``) and is always a new instance
@@ -53,12 +58,14 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None):
         return ray
     address = address or os.environ.get("RAY_ADDRESS") or None
     if joins_cluster(address):
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False,
+                 runtime_env={"worker_process_setup_hook": WARM_UP_HOOK} if warm_up else None)
     else:
         if not loopback:
             print(f"note: ray was imported before hyporay could set {LOOPBACK_ENV}=0: this local Ray listens on "
                   f"every interface; export {LOOPBACK_ENV}=0 before importing ray", flush=True)
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR",
+                 runtime_env={"worker_process_setup_hook": WARM_UP_HOOK} if warm_up else None,
                  log_to_driver=False)
     return ray
 

@@ -187,12 +187,20 @@ class GridPlan:
         self.keys = [trial_key(p.config) for p in self.planned]
 
     # --- MLflow and Tune --------------------------------------------------------------------------------------
+    def open_store(self) -> None:
+        """The MLflow experiment (and, for a fresh SQLite file, its schema): run while Ray starts."""
+        from hyporay.engine import tracking
+
+        d = self.d
+        self.experiment = (self.resumed or {}).get("experiment") or d.args.experiment or f"{self.defn.name}-{d.profile}"
+        if not self.resumed:
+            self.exp_id = tracking.ensure_experiment(d.tracking_uri, self.experiment)
+
     def open_tracking(self) -> None:
         from hyporay import provenance
         from hyporay.engine import tracking
 
         d, defn = self.d, self.defn
-        self.experiment = (self.resumed or {}).get("experiment") or d.args.experiment or f"{defn.name}-{d.profile}"
         if self.resumed:
             r = self.resumed
             self.run_dir_name, self.exp_id, self.parent_id = r["name"], r["experiment_id"], r["parent_run_id"]
@@ -202,7 +210,6 @@ class GridPlan:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             # a random suffix: two sweeps started in the same second get their own Tune directories
             self.run_dir_name = d.args.name or f"{defn.name}-{d.profile}-{stamp}-{secrets.token_hex(2)}"
-            self.exp_id = tracking.ensure_experiment(d.tracking_uri, self.experiment)
             c = tracking.client(d.tracking_uri)
             parent = tracking.retry(c.create_run, self.exp_id, run_name=self.run_dir_name, tags={
                 tracking.ROLE_TAG: "sweep", tracking.SWEEP_TAG: defn.name, "profile": d.profile,

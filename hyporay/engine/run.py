@@ -109,7 +109,14 @@ class Driver:
             plan.dry_run()
             return 0
         datasets = plan.load_data()
-        self.start_ray()
+        # the tracking store (a fresh SQLite file takes seconds to create) while Ray starts: the two wait on
+        # different things
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            store = pool.submit(plan.open_store)
+            self.start_ray()
+            store.result()
         plan.place(self.resources)
         plan.open_tracking()
         plan.announce()

@@ -169,6 +169,13 @@ class StudyPlan:
         self.parallel = max(1, min(self.args.parallel or fits or 1, self.n_trials))
 
     # --- the study, MLflow, Tune --------------------------------------------------------------------------------
+    def open_store(self) -> None:
+        """The MLflow experiment (and, for a fresh SQLite file, its schema): run while Ray starts."""
+        from hyporay.engine import tracking
+
+        self.experiment = self.args.experiment or f"{self.defn.name}-{self.d.profile}"
+        self.exp_id = tracking.ensure_experiment(self.d.tracking_uri, self.experiment)
+
     def open_tracking(self) -> None:
         import optuna
 
@@ -220,8 +227,6 @@ class StudyPlan:
             self.study.set_user_attr("hyporay.signature", signature)
             self.study.set_user_attr("hyporay.space", {p.name: p.key for p in self.space})
 
-        self.experiment = args.experiment or f"{defn.name}-{d.profile}"
-        self.exp_id = tracking.ensure_experiment(d.tracking_uri, self.experiment)
         c = tracking.client(d.tracking_uri)
         self.parent_id, created = self._parent(c, {
             tracking.SWEEP_TAG: defn.name, "profile": d.profile, **tracking.provenance_tags(provenance.code())})
