@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import dataclass
 
 
@@ -45,6 +46,19 @@ def bind_loopback_if_local(address: str | None = None) -> bool:
 WARM_UP_HOOK = "hyporay.engine.trainable.warm_up"
 
 
+def worker_runtime_env(warm_up: bool = True) -> dict | None:
+    """The job's runtime_env: the warm-up hook, and PYTHONPATH led by the driver's hyporay checkout. Ray puts the
+    driver's script directory on a worker's sys.path only after the setup hook ran, so without it the hook would
+    import an installed hyporay (another checkout, another version) and every trial would run that code."""
+    if not warm_up:
+        return None
+    import hyporay
+
+    source = str(Path(hyporay.__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH", "")) if p)
+    return {"worker_process_setup_hook": WARM_UP_HOOK, "env_vars": {"PYTHONPATH": path}}
+
+
 def init_ray(address: str | None = None, *, num_cpus: int | None = None, warm_up: bool = True):
     """Connect to a running cluster when RAY_ADDRESS (or ``address``) says so, else start a fresh local Ray.
 
@@ -59,13 +73,13 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, warm_up
     address = address or os.environ.get("RAY_ADDRESS") or None
     if joins_cluster(address):
         ray.init(address=address, logging_level="ERROR", log_to_driver=False,
-                 runtime_env={"worker_process_setup_hook": WARM_UP_HOOK} if warm_up else None)
+                 runtime_env=worker_runtime_env(warm_up))
     else:
         if not loopback:
             print(f"note: ray was imported before hyporay could set {LOOPBACK_ENV}=0: this local Ray listens on "
                   f"every interface; export {LOOPBACK_ENV}=0 before importing ray", flush=True)
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR",
-                 runtime_env={"worker_process_setup_hook": WARM_UP_HOOK} if warm_up else None,
+                 runtime_env=worker_runtime_env(warm_up),
                  log_to_driver=False)
     return ray
 

@@ -72,3 +72,37 @@ def test_two_sweeps_at_once_loopback_only_and_a_diverged_trial(tmp_path):
     assert "left out of every frontier and table: 1 diverged" in diverging
     assert "no finished trial" in diverging or "trainer" not in diverging.split("trials:")[0][-400:]
     assert len([d for d in (tmp_path / "hyporay_runs").iterdir() if d.is_dir()]) == 2
+
+
+_WORKER_CODE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from hyporay.cluster.resources import init_ray, shutdown_ray
+ray = init_ray(num_cpus=1)
+
+@ray.remote
+def where():
+    import hyporay
+    return hyporay.__file__
+
+try:
+    print(__import__("hyporay").__file__)
+    print(ray.get(where.remote()))
+finally:
+    shutdown_ray()
+"""
+
+
+def test_workers_run_the_drivers_checkout_not_an_installed_hyporay(tmp_path):
+    """The warm-up hook runs before Ray puts the driver's directory on a worker's path: a worker must still import
+    the hyporay the driver runs (a second checkout), never the one installed in the environment."""
+    import shutil
+
+    other = tmp_path / "checkout"
+    shutil.copytree(ROOT / "hyporay", other / "hyporay", ignore=shutil.ignore_patterns("__pycache__"))
+    r = subprocess.run([sys.executable, "-c", _WORKER_CODE, str(other)], cwd=tmp_path, env=sweep_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    driver, worker = r.stdout.split()[-2:]
+    assert Path(driver).parent == other / "hyporay"
+    assert Path(worker) == Path(driver)
