@@ -173,8 +173,9 @@ def cmd_audit(args) -> int:
     from dataclasses import fields
 
     from hyporay.attacks import AttackSpec
-    from hyporay.audit_tolerances import Tolerances
-    from hyporay.experiment import audit_checkpoint, load_checkpoint
+    from hyporay.audit import Tolerances
+    from hyporay.audit.checkpoint import audit_checkpoint
+    from hyporay.experiment import load_checkpoint
 
     state = load_checkpoint(args.checkpoint)
     a = state["config"]["eval"]["attack"]
@@ -223,7 +224,7 @@ def _list_of(typ):
 def _add_audit_parser(sub, fmt) -> None:
     from dataclasses import fields
 
-    from hyporay import audit_tolerances as T
+    from hyporay.audit import tolerances as T
 
     a = sub.add_parser("audit", formatter_class=fmt,
                        help="check whether a saved model's robustness numbers can be trusted (exit 0 pass, 1 flag)",

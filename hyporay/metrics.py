@@ -98,7 +98,7 @@ class PerExample:
         return self.clean_pred == self.y
 
 
-def _mean(mask: Tensor, subset: Tensor | None = None) -> float:
+def share(mask: Tensor, subset: Tensor | None = None) -> float:
     """Exact share of True in ``mask`` (over ``subset``): integer counts, one float64 division."""
     if subset is not None:
         mask = mask[subset]
@@ -131,22 +131,22 @@ def aggregate(pe: PerExample) -> dict[str, float]:
     out = {
         N_EXAMPLES: float(correct.numel()),
         N_MISCLASSIFIED: float(wrong.sum()),
-        ACC_CLEAN: _mean(correct),
-        NATURAL_RISK: _mean(wrong),
-        ADVERSARIAL_RISK: _mean(pe.adv_success),
-        ADVERSARIAL_RISK_CORRECT: _mean(pe.adv_success, correct),
-        HYPOCRITICAL_RISK_ALL: _mean(pe.hyp_success),
-        HYPOCRITICAL_RISK: _mean(pe.hyp_success, wrong),
-        STABILITY_RISK: _mean(pe.sta_success),
-        STABILITY_RISK_MISCLASSIFIED: _mean(pe.sta_success, wrong),
+        ACC_CLEAN: share(correct),
+        NATURAL_RISK: share(wrong),
+        ADVERSARIAL_RISK: share(pe.adv_success),
+        ADVERSARIAL_RISK_CORRECT: share(pe.adv_success, correct),
+        HYPOCRITICAL_RISK_ALL: share(pe.hyp_success),
+        HYPOCRITICAL_RISK: share(pe.hyp_success, wrong),
+        STABILITY_RISK: share(pe.sta_success),
+        STABILITY_RISK_MISCLASSIFIED: share(pe.sta_success, wrong),
     }
-    out[ACC_ADV] = _mean(~pe.adv_success)
+    out[ACC_ADV] = share(~pe.adv_success)
     out[ACC_HYP] = out[HYPOCRITICAL_RISK_ALL]
     rates = []
     for label, succ in sorted(pe.targeted.items()):
         # Fig. 3: among misclassified points that the attack must move to the label (neither their
         # true label nor their clean prediction is the target), the share it reaches.
-        rate = _mean(succ, wrong & (pe.y != label) & (pe.clean_pred != label))
+        rate = share(succ, wrong & (pe.y != label) & (pe.clean_pred != label))
         out[targeted_metric(label)] = rate
         if not math.isnan(rate):
             rates.append(rate)
@@ -306,5 +306,5 @@ def certified_risks(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], 
     if not correct:
         raise ValueError("batches: no examples to certify")
     correct_t = torch.cat(correct)
-    return {HYPOCRITICAL_RISK_CERTIFIED_UPPER: 1.0 - _mean(torch.cat(unconcealable), ~correct_t),
-            ADVERSARIAL_RISK_CORRECT_CERTIFIED_UPPER: 1.0 - _mean(torch.cat(robust), correct_t)}
+    return {HYPOCRITICAL_RISK_CERTIFIED_UPPER: 1.0 - share(torch.cat(unconcealable), ~correct_t),
+            ADVERSARIAL_RISK_CORRECT_CERTIFIED_UPPER: 1.0 - share(torch.cat(robust), correct_t)}

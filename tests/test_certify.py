@@ -202,7 +202,7 @@ def test_no_attack_conceals_a_certified_mistake_or_breaks_a_certified_point(natu
     assert not (cert.unconcealable & concealed).any()
     assert not (cert.robust & broken).any()
     # the bracket: attack lower bound <= certified upper bound
-    assert M._mean(concealed, wrong) <= 1 - M._mean(cert.unconcealable, wrong)
+    assert M.share(concealed, wrong) <= 1 - M.share(cert.unconcealable, wrong)
 
 
 def test_certify_leaves_the_model_untouched_and_rejects_what_it_cannot_bound(bn_cnn, digits):

@@ -148,12 +148,13 @@ AUDIT_FLAGGED_TAG = "audit.flagged"  # the flagged checks, comma-separated
 
 
 def log_audit(c, run_id: str, trial: dict, options: dict, audit_dir: Path, resume_dir: Path | None, data) -> None:
-    """Audit a finished trial's final checkpoint (``hyporay.experiment.audit_checkpoint``) and log the table as
+    """Audit a finished trial's final checkpoint (``hyporay.audit.audit_checkpoint``) and log the table as
     MLflow artefacts ``audit.md`` + ``audit.json`` and the tag ``audit=pass|flag``. A crash of the audit does
     not fail the trained trial: it is logged as ``audit_error.txt`` and ``audit=error``."""
     import traceback
 
-    from hyporay.experiment import CHECKPOINT_FILE, audit_checkpoint
+    from hyporay.audit.checkpoint import audit_checkpoint
+    from hyporay.experiment import CHECKPOINT_FILE
 
     ckpt = audit_dir / CHECKPOINT_FILE
     if not ckpt.is_file() and resume_dir is not None:  # a finished trial restored: nothing was reported again

@@ -1,7 +1,4 @@
-"""Tolerances and default grids of ``hyporay.audit``, torch-free so the command line can show them in --help.
-
-Import them from ``hyporay.audit`` (re-exported there).
-"""
+"""Tolerances and default grids of ``hyporay.audit``, torch-free so the command line can show them in --help."""
 from __future__ import annotations
 
 import math
