@@ -52,8 +52,8 @@ def cmd_train(args) -> int:
                          "--overwrite replaces it, or choose another --out")
     print(f"trial {cfg.name}: {cfg.train.trainer} (lam={cfg.train.lam}) on {cfg.data.name}/{cfg.variant.name}, "
           f"model {cfg.model.name}, {cfg.train.epochs} epochs -> {out}")
-    print(f"train attack: {cfg.train.attack.spec().describe()}")
-    print(f"eval attack:  {cfg.eval.attack.spec().describe()}")
+    print(f"train attack: {cfg.train.attack.describe()}")
+    print(f"eval attack:  {cfg.eval.attack.describe()}")
     # config.yaml, metrics.json and checkpoint.pt are written together at each evaluation: a run refused by a
     # check (bad data set, model options, a --resume that changes a trained field) writes nothing
     try:
@@ -63,7 +63,7 @@ def cmd_train(args) -> int:
         print(f"hyporay: trial {cfg.name} {exc}; wrote {out / 'metrics.json'}", file=sys.stderr)
         return 1
     print()
-    print(_table(metrics, f"final metrics ({cfg.eval.attack.spec().describe()})"))
+    print(_table(metrics, f"final metrics ({cfg.eval.attack.describe()})"))
     if metrics.get(M.DEGENERATE):
         print(f"\ndegenerate model ({_degenerate_reason(metrics)}): its attack-based numbers are NaN, not results")
     print(f"\nwrote {out / 'metrics.json'}, {out / 'config.yaml'} and {out / CHECKPOINT_FILE}")

@@ -6,15 +6,15 @@ Every field error reads ``<dotted.field>: <what is wrong>; <what is allowed>``, 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from hyporay.attacks import AttackSpec
-from hyporay.attacks.objectives import SCORES
-from hyporay.attacks.pgd import METHODS, RANDOM_STARTS
 from hyporay.dotted import flatten
 from hyporay.trainers import LOSSES
 
@@ -28,38 +28,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
-class AttackConfig(_Strict):
-    """Threat model and PGD settings; eps and step_size in pixel units of [0,1] inputs."""
+# The attack settings of a trial are ``hyporay.attacks.AttackSpec`` itself (one shape for a threat model): pydantic
+# validates its fields by their annotations, AttackSpec's own checks run on construction, and these add what only a
+# config knows: the default steps of its use (the paper trains with 10 steps, evaluates with 20) and that an l_inf
+# radius above 1 is the whole [0,1] box, i.e. a typo. (An l_2 radius is checked against the data's dimension once it
+# is known: see TrialConfig.check_against_data.)
+ATTACK_FIELDS = tuple(f.name for f in dataclasses.fields(AttackSpec))
 
-    norm: Literal["linf", "l2"] = "linf"
-    eps: float = Field(8 / 255, ge=0)
-    steps: int = Field(10, ge=1)
-    step_size: float | None = Field(None, ge=0, description="None = eps/4")
-    restarts: int = Field(1, ge=1)
-    random_start: Literal[RANDOM_STARTS] = "auto"  # type: ignore[valid-type]
-    best_iterate: bool = False
-    method: Literal[METHODS] = Field("pgd", description="pgd | apgd (Croce & Hein 2020: step 2 eps halved at "  # type: ignore[valid-type]
-                                     "checkpoints, momentum 0.75, best iterate; step_size does not apply)")
-    score: Literal[SCORES] = Field("ce", description="ce | margin (DLR) for the adversarial, hypocritical and "  # type: ignore[valid-type]
-                                   "targeted attacks; the stability attack always ascends KL")
 
-    @model_validator(mode="after")
-    def _inside_the_box(self) -> AttackConfig:
-        # inputs live in [0,1]: an l_inf radius above 1 (or a step above 1) is the whole box, i.e. a typo.
-        # (An l_2 radius is checked against the data's dimension once it is known: see check_against_data.)
-        if self.norm == "linf":
-            for name in ("eps", "step_size"):
-                v = getattr(self, name)
-                if v is not None and v > 1:
-                    what = "radius" if name == "eps" else "step"
-                    raise ValueError(f"{name}: {v:g} is beyond the input range [0,1] (an l_inf {what} > 1 "
-                                     "spans every image); pixel units, e.g. 8/255 = 0.0314")
-        return self
+def _attack_defaults(steps: int):
+    def fill(raw):
+        return {"steps": steps, **raw} if isinstance(raw, dict) else raw
+    return fill
 
-    def spec(self) -> AttackSpec:
-        return AttackSpec(norm=self.norm, eps=self.eps, steps=self.steps, step_size=self.step_size,
-                          restarts=self.restarts, random_start=self.random_start,
-                          best_iterate=self.best_iterate, method=self.method, score=self.score)
+
+def _inside_the_box(spec: AttackSpec) -> AttackSpec:
+    if spec.norm == "linf":
+        for name in ("eps", "step_size"):
+            v = getattr(spec, name)
+            if v is not None and v > 1:
+                what = "radius" if name == "eps" else "step"
+                raise ValueError(f"{name}: {v:g} is beyond the input range [0,1] (an l_inf {what} > 1 spans every "
+                                 "image); pixel units, e.g. 8/255 = 0.0314")
+    return spec
+
+
+TrainAttack = Annotated[AttackSpec, BeforeValidator(_attack_defaults(10)), AfterValidator(_inside_the_box)]
+EvalAttack = Annotated[AttackSpec, BeforeValidator(_attack_defaults(20)), AfterValidator(_inside_the_box)]
 
 
 class DataConfig(_Strict):
@@ -153,7 +148,7 @@ class TrainConfig(_Strict):
                                              "partial batch (static shapes); one logged line and eager "
                                              "training where compilation is unavailable")
     concat_forward: bool = Field(True, description="one forward on cat(x, x') (False-Friends code)")
-    attack: AttackConfig = Field(default_factory=AttackConfig)
+    attack: TrainAttack = Field(default_factory=lambda: AttackSpec(steps=10))
 
     @property
     def effective_lr(self) -> float:
@@ -164,7 +159,7 @@ class EvalConfig(_Strict):
     every: int = Field(1, ge=1, description="evaluate every N epochs (and always after the last)")
     batch_size: int = Field(512, ge=1)
     targeted: bool = Field(False, description="also per-label targeted success on D- (Fig. 3)")
-    attack: AttackConfig = Field(default_factory=lambda: AttackConfig(steps=20))
+    attack: EvalAttack = Field(default_factory=lambda: AttackSpec(steps=20))
     steps_grid: list[int] = Field(default_factory=list, description="after the last epoch, also evaluate with "
                                   "K steps (1 restart) for each K: metrics steps_K/<metric>")
     restarts_grid: list[int] = Field(default_factory=list, description="after the last epoch, also evaluate "
@@ -236,7 +231,7 @@ class TrialConfig(_Strict):
 def _format(err: ValidationError) -> str:
     e = err.errors()[0]
     loc = ".".join(str(p) for p in e["loc"])
-    if e["type"] == "extra_forbidden":
+    if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         return f"{loc}: unknown key; known: {', '.join(_known_keys(e['loc'][:-1]))}"
     msg = e["msg"].removeprefix("Value error, ")
     if not loc or msg.startswith(loc + ":"):  # cross-field validators already name their field
@@ -262,6 +257,8 @@ def _known_keys(path: tuple) -> list[str]:
     cls: type[BaseModel] = TrialConfig
     for part in path:
         ann = cls.model_fields[part].annotation
+        if ann is AttackSpec:
+            return list(ATTACK_FIELDS)
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             return []
         cls = ann

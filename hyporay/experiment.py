@@ -6,6 +6,7 @@ epochs (and after the last), checkpoints, and calls ``report(metrics, checkpoint
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -130,7 +131,7 @@ def make_model(cfg: TrialConfig, ds: Dataset) -> torch.nn.Module:
 
 def make_trainer(cfg: TrialConfig, model: torch.nn.Module, device: torch.device) -> Trainer:
     t = cfg.train
-    return Trainer(model, loss=t.trainer, attack=t.attack.spec(), lam=t.lam,
+    return Trainer(model, loss=t.trainer, attack=t.attack, lam=t.lam,
                    optim=OptimConfig(lr=t.effective_lr, momentum=t.momentum, weight_decay=t.weight_decay,
                                      milestones=t.milestones, gamma=t.gamma, optimizer=t.optimizer),
                    batch_size=t.batch_size, augment=t.augment, amp=t.amp, amp_dtype=t.amp_dtype,
@@ -149,7 +150,7 @@ def evaluate_model(cfg: TrialConfig, model: torch.nn.Module, ds: Dataset, device
     """
     from hyporay.certify import NotCertifiable
 
-    spec = spec or cfg.eval.attack.spec()
+    spec = spec or cfg.eval.attack
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + epoch)
     batches = iterate_batches(ds.x_test, ds.y_test, cfg.eval.batch_size, shuffle=False, device=device)
     metrics = M.evaluate(model, batches, spec, targeted=cfg.eval.targeted if targeted is None else targeted,
@@ -177,7 +178,7 @@ def convergence_metrics(cfg: TrialConfig, model: torch.nn.Module, ds: Dataset, d
     settings += [("restarts", r, {"restarts": r}) for r in cfg.eval.restarts_grid]
     out: dict[str, float] = {}
     for kind, value, update in settings:
-        m = evaluate_model(cfg, model, ds, device, epoch=epoch, spec=base.model_copy(update=update).spec(),
+        m = evaluate_model(cfg, model, ds, device, epoch=epoch, spec=dataclasses.replace(base, **update),
                            targeted=False, certify="none")
         out.update({M.at_setting(kind, value, name): m[name] for name in M.SETTING_METRICS})
     return out

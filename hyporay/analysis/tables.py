@@ -71,8 +71,8 @@ def threat_caption(trial: dict, profile: str | None = None) -> str:
     from hyporay.config import load_config
 
     cfg = load_config(trial)
-    text = (f"data {cfg.data.name}; eval attack {cfg.eval.attack.spec().describe()}; train attack "
-            f"{cfg.train.attack.spec().describe()}")
+    text = (f"data {cfg.data.name}; eval attack {cfg.eval.attack.describe()}; train attack "
+            f"{cfg.train.attack.describe()}")
     return text + (f"; profile {profile}" if profile else "")
 
 

@@ -67,7 +67,7 @@ def audit_checkpoint(checkpoint: str | Path | dict, *, spec=None, tolerances=Non
     state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     dev = resolve_device(device)
     model, cfg = model_from_checkpoint(state, dev)
-    spec = spec or cfg.eval.attack.spec()
+    spec = spec or cfg.eval.attack
     ds = data if data is not None else load_trial_data(cfg)
     n_test = len(ds.y_test)
     subset = DEFAULT_SUBSET if subset is None else int(subset)

@@ -168,8 +168,8 @@ class GridPlan:
         for p in self.planned:
             t = p.config
             say(f"  {p.name:<40s} data={t['data']['name']} variant={t['variant']['name']} epochs={t['train']['epochs']}"
-                f" train[{load_config(t).train.attack.spec().describe()}]")
-        say(f"eval attack: {load_config(self.planned[0].config).eval.attack.spec().describe()}")
+                f" train[{load_config(t).train.attack.describe()}]")
+        say(f"eval attack: {load_config(self.planned[0].config).eval.attack.describe()}")
 
     def load_data(self) -> dict:
         return load_and_check(self.configs())

@@ -148,7 +148,7 @@ class StudyPlan:
             say(f"sampler: {self.args.sampler} (seed {self.args.seed}); pruner: {describe_pruner(self.pruner)}")
         say(f"trial: trainer {trainer}, lam {lam}, data {b.data.name}, model {b.model.name}, {b.train.epochs} "
             f"epochs, eval every {b.eval.every}")
-        say(f"eval attack: {b.eval.attack.spec().describe()}")
+        say(f"eval attack: {b.eval.attack.describe()}")
 
     def load_data(self) -> dict:
         from hyporay.engine.grid import load_and_check, with_plugins
