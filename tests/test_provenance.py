@@ -64,12 +64,18 @@ def test_imports_register_names_before_they_are_checked(tmp_path):
         load_config({"imports": [str(tmp_path / "broken.py")]})
 
 
-def test_resume_hint_is_the_command_that_ran(monkeypatch):
+def test_resume_hint_is_the_command_that_ran(monkeypatch, tmp_path):
     from hyporay.engine.publish import resume_command
 
     monkeypatch.setattr("sys.argv", ["my dir/my_sweep.py", "--profile", "local"])
     args = Namespace(storage_path="/shared/runs", tracking_uri=None)
+    monkeypatch.setattr("sys.executable", "/usr/somewhere/bin/python3")
     assert resume_command("s-1", args) == "python 'my dir/my_sweep.py' --resume s-1 --storage-path /shared/runs"
+    # the project's own environment, run from the project root: the hint names it (a bare python may lack torch)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.executable", str(tmp_path / ".venv" / "bin" / "python"))
+    assert resume_command("s-1", args) == (".venv/bin/python 'my dir/my_sweep.py' --resume s-1 "
+                                           "--storage-path /shared/runs")
 
 
 def test_profile_by_path_and_its_errors(tmp_path):

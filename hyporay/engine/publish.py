@@ -131,13 +131,14 @@ def summary(d, df, pts, caption: str, errors, unfinished: int, artefacts, experi
 def resume_command(name: str, args) -> str:
     """``python <the script that ran> --resume NAME`` (+ the storage and tracking flags it was given): runs as
     printed from the directory the sweep was started in, whichever script started it."""
-    import shlex
 
     extra = []
     for flag, value in (("--storage-path", args.storage_path), ("--tracking-uri", args.tracking_uri)):
         if value:
             extra += [flag, value]
-    return "python " + shlex.join([sys.argv[0], "--resume", name, *extra])
+    from hyporay.engine.run import command_line
+
+    return command_line(["--resume", name, *extra])
 
 
 def rebuild_for_parent(tracking_uri: str, experiment_id: str, parent_id: str, out_dir: str | Path,

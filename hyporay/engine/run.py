@@ -61,9 +61,21 @@ def say(msg: str = "") -> None:
     print(msg, flush=True)
 
 
-def command_line() -> str:
-    """The command this process was started with, as a user would retype it from the same directory."""
-    return "python " + shlex.join(sys.argv)
+def interpreter() -> str:
+    """How to call this Python from the current directory: ``.venv/bin/python`` for the project's own environment
+    (a bare ``python`` there may lack hyporay's packages, or not exist), else ``python``."""
+    exe = Path(sys.executable)
+    try:
+        rel = exe.relative_to(Path.cwd())
+    except ValueError:
+        return "python"
+    return str(rel) if len(rel.parts) > 1 else f"./{rel}"
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command this process was started with (or ``argv`` as this process's script), as a user would retype it
+    from the same directory."""
+    return f"{interpreter()} " + shlex.join(sys.argv if argv is None else [sys.argv[0], *argv])
 
 
 class Driver:

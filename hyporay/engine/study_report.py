@@ -180,11 +180,11 @@ def _fmt_params(params: dict) -> str:
 
 
 def continue_command(plan) -> str:
-    import shlex
-    import sys
 
     extra = ["--study-storage", plan.args.storage] if plan.args.storage else []
-    return "python " + shlex.join([sys.argv[0], "--profile", plan.d.profile, "--resume", plan.study_name, *extra])
+    from hyporay.engine.run import command_line
+
+    return command_line(["--profile", plan.d.profile, "--resume", plan.study_name, *extra])
 
 
 def summary(plan, df, paths) -> None:
