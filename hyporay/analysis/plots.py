@@ -6,6 +6,7 @@ from pathlib import Path
 
 from hyporay import metrics as M
 from hyporay.analysis.frontier import FrontierPoint, by_trainer, front
+from hyporay.analysis.style import colour as trainer_colour
 from hyporay.analysis.tables import ATTACKS, convergence_series, unique
 
 X_LABEL = "natural risk (clean test error)"
@@ -21,6 +22,13 @@ def _plt():
     return plt
 
 
+def wrap(text: str, width: int = 110) -> str:
+    """A caption as lines that fit a figure's width (the threat model is long), split at '; ' and spaces."""
+    import textwrap
+
+    return "\n".join(line for part in text.split("; ") for line in textwrap.wrap(part, width)) if text else ""
+
+
 def _name(trainer: str) -> str:
     return trainer.upper() if len(trainer) <= 6 else trainer
 
@@ -31,7 +39,7 @@ def frontier_png(pts: list[FrontierPoint], path: Path, title: str, caption: str 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 5.8), dpi=120)
     for i, (trainer, ps) in enumerate(sorted(by_trainer(pts).items())):
-        colour = f"C{i}"
+        colour = trainer_colour(trainer, i)
         ax.errorbar([p.natural_risk for p in ps], [p.hypocritical_risk for p in ps],
                     xerr=[p.natural_risk_std for p in ps], yerr=[p.hypocritical_risk_std for p in ps], fmt="o",
                     capsize=3, color=colour, alpha=0.85, label=_name(trainer))
@@ -49,7 +57,7 @@ def frontier_png(pts: list[FrontierPoint], path: Path, title: str, caption: str 
     seeds = max((p.n_seeds for p in pts), default=0)
     ax.set_xlabel(X_LABEL)
     ax.set_ylabel(Y_LABEL)
-    sub = (f"mean ± std over {seeds} seeds" if seeds > 1 else "") + (f"\n{caption}" if caption else "")
+    sub = (f"mean ± std over {seeds} seeds" if seeds > 1 else "") + (f"\n{wrap(caption)}" if caption else "")
     ax.set_title(title + (f"\n{sub}" if sub else ""), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -65,7 +73,7 @@ def frontier_html(pts: list[FrontierPoint], path: Path, title: str, caption: str
 
     fig = go.Figure()
     for i, (trainer, ps) in enumerate(sorted(by_trainer(pts).items())):
-        colour = f"hsl({(i * 137) % 360},60%,42%)"
+        colour = trainer_colour(trainer, i)
         fig.add_trace(go.Scatter(
             x=[p.natural_risk for p in ps], y=[p.hypocritical_risk for p in ps], mode="markers+text",
             name=trainer, text=[p.label_text for p in ps], textposition="top right", marker={"color": colour},
@@ -92,7 +100,7 @@ def convergence_png(conv: list[dict], path: Path, title: str) -> Path:
     adversarial (A), dashed = hypocritical (F)."""
     plt = _plt()
     series = convergence_series(conv)
-    colours = {t: f"C{i}" for i, t in enumerate(unique(t for t, _, _ in series))}
+    colours = {t: trainer_colour(t, i) for i, t in enumerate(unique(t for t, _, _ in series))}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=120)
     for ax, kind in zip(axes, ("steps", "restarts")):
         for (trainer, k, metric), pts in series.items():
@@ -114,7 +122,7 @@ def convergence_png(conv: list[dict], path: Path, title: str) -> Path:
         handles, labels = axes[1].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="center right", fontsize=8)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(wrap(title), fontsize=9)
     fig.tight_layout(rect=(0, 0, 0.83, 1))
     fig.savefig(path)
     plt.close(fig)
@@ -138,7 +146,7 @@ def bars_png(groups: list[dict], bars: list[tuple[str, str]], labels: list[str],
     ax.set_ylim(0, 1.05)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(wrap(title), fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -19,12 +19,11 @@ import time
 import uuid
 import zlib
 
+from hyporay.analysis.style import TRAINER_COLOURS, colour
 from hyporay.engine.tracking import TrackingError, client, retry
 
 FRONTIER_VIEW_KEY = "hyporay-frontier"
 UI_PORT = 5000
-# one colour per trainer in every chart (matplotlib's tab10, as frontier.png)
-TRAINER_COLOURS = {"natural": "#2ca02c", "pgd_at": "#9467bd", "trades": "#1f77b4", "thrm": "#d62728"}
 # label key -> (the metric a trial logs for it, so the table sorts numerically; the tag shown as its column)
 LABELS = {"train.lam": ("lam", "lam"), "train.attack.eps": ("eps", "eps"), "model.name": (None, "architecture")}
 COLUMN_METRICS = ("natural_risk", "hypocritical_risk", "acc_adv", "hypocritical_risk_certified_upper")
@@ -59,7 +58,7 @@ def artifact_link(tracking_uri: str, experiment_id: str, run_id: str, path: str)
 
 def run_colour(trainer: str) -> dict[str, str]:
     """The tag that colours a trial's run in the UI's charts by its trainer."""
-    return {"mlflow.runColor": TRAINER_COLOURS.get(trainer, "#7f7f7f")}
+    return {"mlflow.runColor": colour(trainer, len(TRAINER_COLOURS))}
 
 
 def _card(section: str, **kw) -> dict:

@@ -115,7 +115,7 @@ def test_trade_off_link_shows_the_scatter_one_colour_per_trainer(sweep, server, 
         return g.data.flatMap(t => (t.x || []).map((x, i) => [x, t.y[i],
             Array.isArray(t.marker.color) ? t.marker.color[i] : t.marker.color])); }})()""")
     by_value = {(round(x, 9), round(y, 9)): colour for x, y, colour in plotted if x is not None}
-    from hyporay.engine.mlflow_ui import TRAINER_COLOURS
+    from hyporay.analysis.style import TRAINER_COLOURS
 
     for r in sweep["runs"]:
         key = (round(r.data.metrics[X], 9), round(r.data.metrics[Y], 9))
