@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from hyporay.attacks import OBJECTIVES, THREAT_MODELS, fgsm, pgd
 
@@ -162,3 +165,112 @@ def test_inputs_outside_unit_box_are_rejected(natural_mlp, batch):
     x, y = batch
     with pytest.raises(ValueError, match="^x:"):
         pgd(natural_mlp, x * 255, y, eps=0.1, step_size=0.025, steps=1)
+
+
+# --- the attack does something beyond its random start -------------------------------------------------------
+
+def _score(model, x_pert, x, y, objective, target):
+    """Each objective's score written out from its definition (reference §1-2), independent of
+    hyporay.attacks.objectives: the attack must raise it."""
+    with torch.no_grad():
+        logits = model(x_pert).double()
+        if objective == "adversarial":
+            return F.cross_entropy(logits, y, reduction="none")
+        if objective == "hypocritical":
+            return -F.cross_entropy(logits, y, reduction="none")
+        if objective == "targeted":
+            return -F.cross_entropy(logits, target, reduction="none")
+        log_p, log_q = F.log_softmax(model(x).double(), 1), F.log_softmax(logits, 1)
+        return (log_p.exp() * (log_p - log_q)).sum(1)  # stability: KL(p(x) || p(x'))
+
+
+@pytest.mark.parametrize("norm,objective", list(itertools.product(NORMS, OBJS)))
+def test_the_attack_improves_its_objective_over_its_start(naive_mlp, batch, norm, objective):
+    """Guards against a reversed or removed step, a sign error in an objective (ascending CE where it must
+    descend), and a broken projection/step that leaves only the random start: the objective's score, computed
+    here from its definition, is higher at x' than at the (seeded) start point for (almost) every example.
+    The start is read by running the same attack with step size 0 and the same generator state."""
+    x, y = batch
+    kw = _kw(norm, objective, y)
+    start = pgd(naive_mlp, x, y, **{**kw, "step_size": 0.0}, generator=torch.Generator().manual_seed(3))
+    x_adv = pgd(naive_mlp, x, y, **kw, generator=torch.Generator().manual_seed(3))
+    target = kw.get("target")
+    gain = _score(naive_mlp, x_adv, x, y, objective, target) - _score(naive_mlp, start, x, y, objective, target)
+    assert float((gain > 0).double().mean()) >= 0.99, f"{objective}: the score fell on {int((gain <= 0).sum())} examples"
+    assert float(gain.mean()) > 0
+
+
+class _Flat(nn.Module):
+    """Logits that do not depend on the input (zero input gradient): PGD steps cannot move, so the attack
+    returns its start point (projected into the ball and [0,1]) and the start's distribution can be read off."""
+
+    def __init__(self, k: int = 10):
+        super().__init__()
+        self.bias = nn.Parameter(torch.linspace(-1, 1, k))
+
+    def forward(self, x):
+        return (x.flatten(1) * 0).sum(1, keepdim=True) + self.bias
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("objective,kind,sigma", [
+    ("adversarial", "uniform", None), ("hypocritical", "gaussian", 0.01), ("targeted", "gaussian", 0.01),
+    ("stability", "gaussian", 0.001)])
+def test_auto_random_start_has_the_documented_shape_and_scale(norm, objective, kind, sigma):
+    """Guards the README's per-objective random_start="auto": adversarial starts uniform in the ball,
+    hypocritical and targeted at x + 0.01·N(0,1) (False-Friends), stability at x + 0.001·N(0,1) (official
+    TRADES). Swapping the kinds or the scales, or dropping the start, fails a Kolmogorov-Smirnov test against
+    the documented distribution (and against the others')."""
+    from scipy import stats
+
+    n, eps = 2000, EPS[norm]
+    x = torch.full((n, 1, 8, 8), 0.5)  # mid-grey: no clamping to [0,1] for any start used here
+    y = torch.zeros(n, dtype=torch.long)
+    kw = dict(eps=eps, step_size=eps / 4, steps=2, norm=norm, objective=objective, random_start="auto",
+              generator=torch.Generator().manual_seed(0))
+    if objective == "targeted":
+        kw["target"] = torch.ones_like(y)
+    delta = (pgd(_Flat(), x, y, **kw) - x).double()
+    d = delta[0].numel()
+    p = lambda sample, dist, *args: stats.kstest(sample.flatten().numpy(), dist, args=args).pvalue  # noqa: E731
+    if kind == "gaussian":
+        assert p(delta[:200], "norm", 0, sigma) > 1e-3  # 12,800 coordinates
+        assert p(delta[:200], "norm", 0, sigma * 10) < 1e-6 and p(delta[:200], "norm", 0, sigma / 10) < 1e-6
+        assert float(delta.std()) == pytest.approx(sigma, rel=0.03)
+    elif norm == "linf":  # uniform in [-eps, eps]^d
+        assert p(delta[:200], "uniform", -eps, 2 * eps) > 1e-3
+        assert float(delta.abs().max()) <= eps + 1e-6 and float(delta.abs().max()) > 0.99 * eps
+    else:  # uniform in the l2 ball: direction uniform, P(||δ|| <= r) = (r/eps)^d
+        r = delta.flatten(1).norm(dim=1) / eps
+        assert float(r.max()) <= 1 + 1e-6
+        assert stats.kstest((r ** d).numpy(), "uniform").pvalue > 1e-3
+        u = delta.flatten(1) / delta.flatten(1).norm(dim=1, keepdim=True)
+        assert float(u.mean(0).abs().max()) < 4 / math.sqrt(n)  # no preferred direction
+
+
+def test_targeted_attack_reaches_its_target_on_a_trained_models_mistakes(natural_mlp, digits):
+    """Guards against a targeted attack that moves away from its target (+CE instead of -CE), which bounds
+    like 0 <= rate <= 1 cannot see: on the misclassified test points of a trained model, toward every label
+    other than the true label and the clean prediction, the attack reaches the target far more often than
+    the clean point does (never, by the choice of labels) and lowers the CE to the target on every example."""
+    x, y = digits.x_test, digits.y_test
+    with torch.no_grad():
+        pred = natural_mlp(x).argmax(1)
+    wrong = pred != y
+    xw, yw, pw = x[wrong], y[wrong], pred[wrong]
+    hits, total = 0, 0
+    for label in range(10):
+        keep = (yw != label) & (pw != label)
+        t = torch.full_like(yw[keep], label)
+        x_t = pgd(natural_mlp, xw[keep], yw[keep], eps=0.1, step_size=0.025, steps=20, objective="targeted",
+                  target=t, random_start="none")
+        with torch.no_grad():
+            hits += int((natural_mlp(x_t).argmax(1) == t).sum())
+            ce0 = F.cross_entropy(natural_mlp(xw[keep]), t, reduction="none")
+            ce1 = F.cross_entropy(natural_mlp(x_t), t, reduction="none")
+        assert bool((ce1 < ce0).all()), label
+        total += len(t)
+    assert total > 50
+    # measured 29/88 = 0.33 at eps 0.1 (the hypocritical attack conceals > 0.8 of the same mistakes: claim 5);
+    # an attack moving away from its target reaches ~0
+    assert hits / total > 0.15, f"targeted success {hits}/{total}"
