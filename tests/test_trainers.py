@@ -101,6 +101,35 @@ def test_regularised_loss_is_ce_plus_lambda_kl_clean_to_perturbed(natural_mlp, d
         assert abs(wrong - expected) > 1e-3 * abs(expected), "test cannot tell the variants apart on this batch"
 
 
+@pytest.mark.parametrize("loss", ["trades", "thrm"])
+def test_regularised_loss_gradient_flows_through_both_sides_of_the_kl(natural_mlp, digits, loss):
+    """Guards against detaching the clean distribution inside the KL (the official TRADES and False-Friends
+    code let gradients flow through p(x) and p(x')), which leaves the loss value unchanged: the parameter
+    gradient of the loss equals that of CE(f(x), y) + λ·KL(p(x)||p(x')) differentiated through both sides,
+    and differs from the one with p(x) detached."""
+    x, y = digits.x_test[:96], digits.y_test[:96]
+    m = natural_mlp
+    params = list(m.parameters())
+    lam = 3.0
+    value, _ = LOSSES[loss](m, x, y, LossContext(attack=ATTACK, lam=lam, generator=torch.Generator().manual_seed(7)))
+    got = torch.autograd.grad(value, params)
+    x_pert = ATTACK.run(m, x, y, INNER[loss], generator=torch.Generator().manual_seed(7))
+
+    def hand(detach_clean: bool):
+        logits, logits_pert = m(x), m(x_pert)
+        log_p = F.log_softmax(logits.detach() if detach_clean else logits, 1)
+        log_q = F.log_softmax(logits_pert, 1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(1).mean()
+        return torch.autograd.grad(F.cross_entropy(logits, y) + lam * kl, params)
+
+    want, detached = hand(False), hand(True)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+    diff = max(float((w - d).abs().max()) for w, d in zip(want, detached))
+    assert diff > 1e-3 * max(float(w.abs().max()) for w in want), "test cannot tell the variants apart"
+    assert all(p.grad is None for p in params)
+
+
 @pytest.mark.parametrize("loss", sorted(LOSSES))
 def test_every_loss_trains(digits, loss):
     t = Trainer(_model(digits), loss=loss, attack=ATTACK, lam=1.0, optim=OptimConfig(lr=0.05), batch_size=128)
