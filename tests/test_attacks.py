@@ -75,15 +75,23 @@ def test_eps_zero_changes_nothing(natural_mlp, batch, norm, objective):
 
 @pytest.mark.parametrize("norm,objective", list(itertools.product(NORMS, OBJS)))
 def test_restarts_never_help_the_model(naive_mlp, batch, norm, objective):
+    """Guards the restart merge (per example the successful restart is kept, ties to the higher score) and
+    each objective's success test it relies on: with a weak attack (one short step from a uniform start) the
+    restarts really differ, so 8 restarts must succeed on every example that restart 1 (the same draws) broke,
+    on strictly more examples in all, and where both fail, with a score at least restart 1's."""
     x, y = batch
-    kw = _kw(norm, objective, y)
-    kw["steps"] = 3  # a weak attack leaves room for restarts to matter
+    kw = {**_kw(norm, objective, y), "steps": 1, "random_start": "uniform"}
+    kw["step_size"] = kw["eps"] / 20
     one = pgd(naive_mlp, x, y, restarts=1, generator=torch.Generator().manual_seed(5), **kw)
-    many = pgd(naive_mlp, x, y, restarts=4, generator=torch.Generator().manual_seed(5), **kw)
+    many = pgd(naive_mlp, x, y, restarts=8, generator=torch.Generator().manual_seed(5), **kw)
     s1 = _success(naive_mlp, one, x, y, objective, kw.get("target"))
-    s4 = _success(naive_mlp, many, x, y, objective, kw.get("target"))
-    assert (s4 | ~s1).all(), "an example that one start broke was lost with more restarts"
-    assert s4.sum() >= s1.sum()
+    s8 = _success(naive_mlp, many, x, y, objective, kw.get("target"))
+    assert (s8 | ~s1).all(), "an example that one start broke was lost with more restarts"
+    assert s8.sum() > s1.sum(), "restarts found nothing more: this setting cannot see a broken merge"
+    both_fail = ~s1 & ~s8
+    score1 = _score(naive_mlp, one, x, y, objective, kw.get("target"))[both_fail]
+    score8 = _score(naive_mlp, many, x, y, objective, kw.get("target"))[both_fail]
+    assert both_fail.any() and bool((score8 >= score1 - 1e-6).all())
 
 
 @pytest.mark.parametrize("norm,objective", list(itertools.product(NORMS, OBJS)))
@@ -189,9 +197,11 @@ def test_the_attack_improves_its_objective_over_its_start(naive_mlp, batch, norm
     """Guards against a reversed or removed step, a sign error in an objective (ascending CE where it must
     descend), and a broken projection/step that leaves only the random start: the objective's score, computed
     here from its definition, is higher at x' than at the (seeded) start point for (almost) every example.
-    The start is read by running the same attack with step size 0 and the same generator state."""
+    The start is read by running the same attack with step size 0 and the same generator state. Every
+    objective starts uniform in the ball here: from the stability attack's own start (x + 0.001·N(0,1), next to
+    the KL's minimum at x) even a step that descends the KL overshoots to a higher KL."""
     x, y = batch
-    kw = _kw(norm, objective, y)
+    kw = {**_kw(norm, objective, y), "random_start": "uniform"}
     start = pgd(naive_mlp, x, y, **{**kw, "step_size": 0.0}, generator=torch.Generator().manual_seed(3))
     x_adv = pgd(naive_mlp, x, y, **kw, generator=torch.Generator().manual_seed(3))
     target = kw.get("target")
@@ -274,3 +284,94 @@ def test_targeted_attack_reaches_its_target_on_a_trained_models_mistakes(natural
     # measured 29/88 = 0.33 at eps 0.1 (the hypocritical attack conceals > 0.8 of the same mistakes: claim 5);
     # an attack moving away from its target reaches ~0
     assert hits / total > 0.15, f"targeted success {hits}/{total}"
+
+
+# --- the pieces of the engine, by hand ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_threat_model_step_projection_and_norm_by_hand(norm):
+    """Guards each threat model's arithmetic (reference §3): l_inf steps α·sign(∇) and clips to the box
+    [x-ε, x+ε] ∩ [0,1]; l_2 steps α·∇/||∇||₂ per example and renormalises δ to ||δ||₂ <= ε; ``norm`` is the
+    per-example size in that norm; a batch of one example works."""
+    tm = THREAT_MODELS[norm]
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 1, 4, 4, generator=g) * 0.8 + 0.1
+    grad = torch.randn(5, 1, 4, 4, generator=g)
+    grad[0, 0, 0, 0] = 0.0
+    alpha, eps = 0.03, {"linf": 0.05, "l2": 0.3}[norm]
+    stepped = tm.step(x.clone(), grad.clone(), alpha, None) - x
+    delta = torch.randn(5, 1, 4, 4, generator=g)
+    size = tm.norm(delta)
+    assert size.shape == (5,)
+    z = x + delta
+    projected = tm.projector(x, eps)(z.clone())
+    assert torch.allclose(tm.project(z, x, eps), projected, atol=1e-6)
+    if norm == "linf":
+        assert torch.equal(stepped, alpha * grad.sign()) or torch.allclose(stepped, alpha * grad.sign(), atol=1e-7)
+        assert torch.allclose(size, delta.flatten(1).abs().max(1).values)
+        box = torch.minimum(torch.maximum(z, (x - eps).clamp(min=0)), (x + eps).clamp(max=1))
+        assert torch.allclose(projected, box, atol=1e-7)
+    else:
+        unit = grad.flatten(1) / grad.flatten(1).norm(dim=1, keepdim=True)
+        assert torch.allclose(stepped.flatten(1), alpha * unit, atol=1e-6)
+        assert torch.allclose(size, delta.flatten(1).norm(dim=1))
+        d = delta.flatten(1)
+        want = (x.flatten(1) + d * (eps / d.norm(dim=1, keepdim=True)).clamp(max=1)).clamp(0, 1)
+        assert torch.allclose(projected.flatten(1), want, atol=1e-6)
+        assert torch.allclose(tm.project_delta(delta.clone(), eps).flatten(1).norm(dim=1),
+                              d.norm(dim=1).clamp(max=eps), atol=1e-6)
+    one = tm.uniform(x[:1], eps, g)  # a batch of a single example
+    assert one.shape == x[:1].shape and float(tm.norm(one)) <= eps + 1e-6
+
+
+@pytest.mark.parametrize("norm,objective", list(itertools.product(NORMS, ["adversarial", "hypocritical", "targeted"])))
+def test_fgsm_is_one_full_step_from_the_clean_point(natural_mlp, batch, norm, objective):
+    """Guards fgsm (the audit's single-step reference): no random start, one step of size ε along the
+    objective's ascent direction, written out by hand here, then the projection. (Not for the stability
+    objective: its gradient at x' = x is zero up to rounding, so a single step from x is noise.)"""
+    x, y = batch
+    target = (y + 1) % 10 if objective == "targeted" else None
+    x_f = fgsm(natural_mlp, x, y, eps=EPS[norm], norm=norm, objective=objective, target=target)
+    xr = x.clone().requires_grad_(True)
+    ce = F.cross_entropy(natural_mlp(xr), target if objective == "targeted" else y, reduction="sum")
+    (g,) = torch.autograd.grad(ce if objective == "adversarial" else -ce, xr)
+    tm = THREAT_MODELS[norm]
+    want = tm.projector(x, EPS[norm])(tm.step(x.clone(), g, EPS[norm], None))
+    assert torch.allclose(x_f, want, atol=1e-6)
+    assert all(p.grad is None for p in natural_mlp.parameters())
+
+
+@pytest.mark.parametrize("norm,objective", list(itertools.product(NORMS, OBJS)))
+def test_same_generator_gives_the_same_attack_whatever_the_global_rng(naive_mlp, batch, norm, objective):
+    """Guards reproducibility: every random draw of an attack (each restart's start) comes from the generator
+    passed in, never from the global RNG; another seed gives another result."""
+    x, y = batch
+    kw = {**_kw(norm, objective, y), "restarts": 2}
+    torch.manual_seed(1)
+    a = pgd(naive_mlp, x, y, generator=torch.Generator().manual_seed(4), **kw)
+    torch.manual_seed(2)
+    b = pgd(naive_mlp, x, y, generator=torch.Generator().manual_seed(4), **kw)
+    c = pgd(naive_mlp, x, y, generator=torch.Generator().manual_seed(5), **kw)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_attack_spec_reports_its_threat_model():
+    """Guards the line every reported number carries (README) and the dict logged with it."""
+    from hyporay.attacks import AttackSpec
+
+    spec = AttackSpec(norm="linf", eps=8 / 255, steps=20, restarts=2)
+    assert spec.describe() == "linf eps=0.03137 (8/255) steps=20 step=0.007843 restarts=2 start=auto"
+    best = AttackSpec(norm="l2", eps=0.2, steps=10, step_size=0.1, best_iterate=True, random_start="none")
+    assert best.describe() == "l2 eps=0.2 (51/255) steps=10 step=0.1 restarts=1 start=none best-iterate"
+    assert spec.as_dict() == {"norm": "linf", "eps": 8 / 255, "steps": 20, "step_size": 2 / 255, "restarts": 2,
+                              "random_start": "auto", "best_iterate": False}
+
+
+def test_unknown_names_list_the_known_ones(natural_mlp, batch):
+    x, y = batch
+    with pytest.raises(ValueError, match=r"^norm: unknown 'l3'; known: l2, linf$"):
+        pgd(natural_mlp, x, y, eps=0.1, step_size=0.025, steps=1, norm="l3")
+    with pytest.raises(ValueError, match=r"^objective: unknown 'x'; known: adversarial, hypocritical, stability, "
+                                         r"targeted$"):
+        pgd(natural_mlp, x, y, eps=0.1, step_size=0.025, steps=1, objective="x")

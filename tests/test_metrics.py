@@ -201,3 +201,28 @@ def test_model_mode_restored_after_evaluation(bn_cnn, digits):
         assert all(m.training for m in bn_cnn.modules())
     finally:
         bn_cnn.eval()
+
+
+def test_evaluation_draws_only_from_its_generator(naive_mlp, digits):
+    """Guards reproducible evaluation: every attack's random start inside evaluate() comes from the generator
+    passed in, never from the global RNG. With step size 0 each attack's output is its random start, so on the
+    near-chance Naive model the outcomes of every risk depend on the draws: the same seed gives the same
+    per-example outcomes whatever the global RNG did, another seed other outcomes."""
+    spec = AttackSpec(eps=0.3, steps=1, step_size=0.0, random_start="uniform")
+    x, y = digits.x_test[:300], digits.y_test[:300]
+
+    def run(global_seed, seed):
+        torch.manual_seed(global_seed)
+        _, pe = M.evaluate(naive_mlp, [(x, y)], spec, targeted=[3], generator=torch.Generator().manual_seed(seed),
+                           return_per_example=True)
+        return torch.stack([pe.adv_success, pe.hyp_success, pe.sta_success, pe.targeted[3]])
+
+    a, b, c = run(1, 0), run(2, 0), run(1, 1)
+    assert torch.equal(a, b)
+    for i in range(4):  # each attack's own draws matter
+        assert not torch.equal(a[i], c[i]), i
+
+
+def test_evaluate_batch_runs_no_targeted_attack_unless_asked(natural_mlp, digits):
+    pe = M.evaluate_batch(natural_mlp, digits.x_test[:50], digits.y_test[:50], AttackSpec(eps=0.1, steps=2))
+    assert pe.targeted == {}
