@@ -45,8 +45,11 @@ def test_ball_box_mode_and_grads(bn_cnn, batch, norm, objective):
     frozen.eval()  # a sub-module deliberately in eval mode must stay so
     first = next(model.parameters())
     first.requires_grad_(False)  # a deliberately frozen parameter must stay frozen
+    buffers = {k: v.clone() for k, v in model.state_dict().items()}
     try:
         x_adv = pgd(model, x, y, **_kw(norm, objective, y))
+        # the attack ran in eval mode: no BatchNorm running statistic moved
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in buffers.items())
         assert model.training and not frozen.training
         assert all(m.training for m in model.modules() if m is not frozen)
         assert not first.requires_grad

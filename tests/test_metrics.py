@@ -1,6 +1,7 @@
 """Exact risk metrics on real digits models: the paper's identities and independent recomputation."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -226,3 +227,28 @@ def test_evaluation_draws_only_from_its_generator(naive_mlp, digits):
 def test_evaluate_batch_runs_no_targeted_attack_unless_asked(natural_mlp, digits):
     pe = M.evaluate_batch(natural_mlp, digits.x_test[:50], digits.y_test[:50], AttackSpec(eps=0.1, steps=2))
     assert pe.targeted == {}
+
+
+def test_the_clean_point_is_a_witness_whatever_the_attacks_return(natural_mlp, digits):
+    """Guards the witness rule (the clean x lies in the ball): a misclassified point counts for R_adv and a
+    correct one for R_hyp even when no attack output says so. The "attacks" here return, for every example, a
+    test input the model classifies as the example's true label (a prototype of its class)."""
+    x, y = digits.x_test[:200], digits.y_test[:200]
+    with torch.no_grad():
+        pred = natural_mlp(digits.x_test).argmax(1)
+    right = (pred == digits.y_test).nonzero().flatten()
+    proto = {int(digits.y_test[i]): digits.x_test[i] for i in right.flip(0)}
+    assert sorted(proto) == list(range(10))
+
+    @dataclasses.dataclass(frozen=True)
+    class Prototypes(AttackSpec):
+        def run(self, model, x, y, objective, *, target=None, generator=None):
+            return torch.stack([proto[int(label)] for label in y])
+
+    pe = M.evaluate_batch(natural_mlp, x, y, Prototypes(eps=0.1, steps=1))
+    wrong = pe.clean_pred != pe.y
+    assert wrong.any() and (~wrong).any()
+    assert pe.adv_success[wrong].all()     # x itself is a mistake, whatever the attacks found
+    assert not pe.adv_success[~wrong].any()  # every other witness is classified y
+    assert pe.hyp_success.all()
+    assert torch.equal(pe.sta_success, wrong)  # the prototypes' prediction differs from f(x) exactly on D-
