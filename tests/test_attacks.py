@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hyporay.attacks import OBJECTIVES, THREAT_MODELS, fgsm, pgd
+from hyporay.attacks import OBJECTIVES, THREAT_MODELS, ThreatModel, fgsm, pgd
 
 NORMS = sorted(THREAT_MODELS)
 OBJS = sorted(OBJECTIVES)
@@ -309,6 +309,8 @@ def test_threat_model_step_projection_and_norm_by_hand(norm):
     z = x + delta
     projected = tm.projector(x, eps)(z.clone())
     assert torch.allclose(tm.project(z, x, eps), projected, atol=1e-6)
+    # the base class's projector (what a new threat model without its own gets) is the same projection
+    assert torch.allclose(ThreatModel.projector(tm, x, eps)(z.clone()), projected, atol=1e-6)
     if norm == "linf":
         assert torch.equal(stepped, alpha * grad.sign()) or torch.allclose(stepped, alpha * grad.sign(), atol=1e-7)
         assert torch.allclose(size, delta.flatten(1).abs().max(1).values)
