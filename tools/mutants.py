@@ -318,9 +318,11 @@ def _equivalents() -> dict[tuple[str, str], str]:
     if not EQUIVALENT.is_file():
         return out
     for row in EQUIVALENT.read_text().splitlines():
-        cells = [c.strip() for c in row.strip().strip("|").split("|")] if row.startswith("| `") else []
+        if not row.startswith("| `"):
+            continue
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", row.strip())[1:-1]]
         if len(cells) >= 3:
-            out[(cells[0].strip("`"), cells[1].strip("`").replace("\\|", "|"))] = cells[2]
+            out[(cells[0].strip("`"), cells[1].strip("`"))] = cells[2]
     return out
 
 
@@ -329,31 +331,38 @@ def _function_of(mutant: str) -> str:
     (``xǁL2Ballǁstep__mutmut_1`` -> ``L2Ball.step``)."""
     module, _, leaf = mutant.rpartition(".")
     leaf = re.sub(r"__mutmut_\d+$", "", leaf)
-    leaf = leaf[1:] if leaf.startswith("x") else leaf
-    parts = [p for p in leaf.split("ǁ") if p]
-    return f"{module}.{'.'.join(parts)}"
+    if leaf.startswith("xǁ"):  # a method: xǁClassǁname
+        return f"{module}.{'.'.join(p for p in leaf[1:].split('ǁ') if p)}"
+    return f"{module}.{leaf[2:] if leaf.startswith('x_') else leaf}"  # a function: x_ + name
 
 
 def _run_mutmut(mutmut_path: str, jobs: int, base: Path) -> tuple[list[Survivor], dict]:
     copy = _copy_tree(base / "mutmut")
     (copy / "pyproject.toml").write_text((copy / "pyproject.toml").read_text() + _mutmut_config())
-    env = _env(Path(""), mutmut_path)
-    env["PYTHONPATH"] = mutmut_path
+    env = dict(os.environ, PYTHONPATH=mutmut_path, OMP_NUM_THREADS="1")
     run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs)], cwd=copy, env=env,
                          capture_output=True, text=True)
-    tail = run.stdout.replace("\r", "\n").strip().splitlines()
-    counts = {"summary": tail[-2] if len(tail) > 1 else "", "rc": run.returncode}
     if run.returncode != 0:
         print(run.stdout[-3000:], run.stderr[-3000:], sep="\n")
         raise SystemExit(f"mutants: mutmut run failed (exit {run.returncode})")
+    return _classify(copy, mutmut_path)
+
+
+def _classify(copy: Path, mutmut_path: str) -> tuple[list[Survivor], dict]:
+    """Survivors of the mutmut run in ``copy`` (kept with --keep), each matched against the equivalents list."""
+    env = dict(os.environ, PYTHONPATH=mutmut_path)
+    counts: dict = {}
     res = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=copy, env=env,
                          capture_output=True, text=True, check=True).stdout
     status = dict(re.findall(r"^\s*(\S+): (\S[^\n]*)$", res, re.M))
     counts.update({s: sum(v == s for v in status.values()) for s in set(status.values())})
+    counts["summary"] = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    if counts.get("not checked"):
+        raise SystemExit(f"mutants: {counts['not checked']} mutants were not checked (mutmut run interrupted?)")
     equiv = _equivalents()
     survivors = []
     for name, st in sorted(status.items()):
-        if st not in ("survived", "no tests", "timeout", "suspicious"):
+        if st not in ("survived", "no tests", "suspicious"):  # a timeout: the mutant made the tests run away
             continue
         diff = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=copy, env=env,
                               capture_output=True, text=True).stdout
@@ -363,7 +372,8 @@ def _run_mutmut(mutmut_path: str, jobs: int, base: Path) -> tuple[list[Survivor]
         s.reason = equiv.get((s.function, line))
         survivors.append(s)
         if s.reason is None:
-            print(f"\n  NEW {st}: {name} ({s.function})\n" + "\n".join("    " + ln for ln in diff.splitlines()[-12:]))
+            print(f"\n  NEW {st}: {name} ({s.function}): kill it with a test, or list it with why in "
+                  f"{EQUIVALENT.relative_to(ROOT)}\n" + "\n".join("    " + ln for ln in diff.splitlines()[-12:]))
     return survivors, counts
 
 
@@ -376,7 +386,14 @@ def main(argv=None) -> int:
     ap.add_argument("--mutmut-path", help="directory mutmut is installed in (pip install --target); default: "
                                           "importable from this interpreter")
     ap.add_argument("--keep", action="store_true", help="keep the working copies (printed)")
+    ap.add_argument("--classify", metavar="DIR", help="only match the survivors of a kept mutmut run (DIR = the "
+                                                      "printed copy's mutmut folder) against the equivalents list")
     args = ap.parse_args(argv)
+    if args.classify:
+        survivors, counts = _classify(Path(args.classify), os.path.abspath(args.mutmut_path or ""))
+        new = [s for s in survivors if s.reason is None]
+        print(f"mutmut: {counts['summary']}\nmutmut: {len(survivors)} not killed, {len(new)} NEW")
+        return 1 if new else 0
 
     base = Path(tempfile.mkdtemp(prefix="hyporay-mutants-"))
     t0 = time.perf_counter()
