@@ -344,6 +344,8 @@ def test_fgsm_is_one_full_step_from_the_clean_point(natural_mlp, batch, norm, ob
     want = tm.projector(x, EPS[norm])(tm.step(x.clone(), g, EPS[norm], None))
     assert torch.allclose(x_f, want, atol=1e-6)
     assert all(p.grad is None for p in natural_mlp.parameters())
+    if norm == "linf" and objective == "adversarial":  # the defaults: l_inf, adversarial
+        assert torch.equal(fgsm(natural_mlp, x, y, eps=EPS[norm]), x_f)
 
 
 @pytest.mark.parametrize("norm,objective", list(itertools.product(NORMS, OBJS)))

@@ -100,8 +100,11 @@ def test_per_example_outcomes_equal_direct_attack_calls(exact):
 def test_aggregates_are_exact_counts_on_the_right_subsets(exact):
     """Guards against a risk computed on the wrong subset (D instead of D-, D- instead of D+), the
     (F - D)/(1 - D) shortcut, or an off-by-one in a count: every aggregate equals its integer count over its
-    subset divided by the subset's size, exactly."""
-    _, m, _, d = exact
+    subset divided by the subset's size, exactly (evaluate's metrics are aggregate() of its outcomes)."""
+    _, metrics, pe, d = exact
+    m = M.aggregate(pe)
+    assert m.keys() == metrics.keys()
+    assert all(m[k] == metrics[k] or (math.isnan(m[k]) and math.isnan(metrics[k])) for k in m)
     wrong, right = d["wrong"], ~d["wrong"]
     n, nw = len(wrong), int(wrong.sum())
 
