@@ -375,6 +375,17 @@ def test_attack_spec_reports_its_threat_model():
                               "random_start": "auto", "best_iterate": False}
 
 
+def test_attack_spec_validates_on_construction():
+    from hyporay.attacks import AttackSpec
+
+    with pytest.raises(ValueError, match=r"^random_start: unknown 'sphere'"):
+        AttackSpec(random_start="sphere")
+    with pytest.raises(ValueError, match=r"^norm: unknown 'l3'"):
+        AttackSpec(norm="l3")
+    with pytest.raises(ValueError, match=r"^restarts: must be an integer >= 1"):
+        AttackSpec(restarts=0)
+
+
 def test_unknown_names_list_the_known_ones(natural_mlp, batch):
     x, y = batch
     with pytest.raises(ValueError, match=r"^norm: unknown 'l3'; known: l2, linf$"):

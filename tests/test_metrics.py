@@ -255,3 +255,24 @@ def test_the_clean_point_is_a_witness_whatever_the_attacks_return(natural_mlp, d
     assert not pe.adv_success[~wrong].any()  # every other witness is classified y
     assert pe.hyp_success.all()
     assert torch.equal(pe.sta_success, wrong)  # the prototypes' prediction differs from f(x) exactly on D-
+
+
+def test_evaluate_errors_name_the_argument(natural_mlp, digits):
+    with pytest.raises(ValueError, match=r"^batches: no examples to evaluate$"):
+        M.evaluate(natural_mlp, [], SPEC)
+    with pytest.raises(ValueError, match=r"^num_classes: required when targeted=True \(per-label success rates\)$"):
+        M.evaluate(natural_mlp, [(digits.x_test[:5], digits.y_test[:5])], SPEC, targeted=True)
+
+
+def test_a_model_without_parameters_is_evaluated_on_the_cpu(digits):
+    """evaluate() puts batches on the model's device, the CPU for a model with no parameters."""
+    class Fixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("w", torch.randn(64, 10, generator=torch.Generator().manual_seed(0)))
+
+        def forward(self, x):
+            return x.flatten(1) @ self.w
+
+    m = M.evaluate(Fixed(), [(digits.x_test[:50], digits.y_test[:50])], AttackSpec(eps=0.1, steps=2))
+    assert m[M.N_EXAMPLES] == 50.0
