@@ -192,9 +192,11 @@ def test_empty_subset_is_nan_not_zero(natural_mlp, digits):
     x, y = digits.x_test, digits.y_test
     with torch.no_grad():
         right = natural_mlp(x).argmax(1) == y
-    m = M.evaluate(natural_mlp, [(x[right][:50], y[right][:50])], SPEC)
+    m = M.evaluate(natural_mlp, [(x[right][:50], y[right][:50])], SPEC, targeted=[0, 1])
     assert m[M.NATURAL_RISK] == 0.0
     assert math.isnan(m[M.HYPOCRITICAL_RISK])
+    assert math.isnan(m[M.STABILITY_RISK_MISCLASSIFIED])
+    assert math.isnan(m[M.targeted_metric(0)]) and math.isnan(m[M.TARGETED_MEAN])
     assert m[M.HYPOCRITICAL_RISK_ALL] == 1.0
 
 
