@@ -278,3 +278,8 @@ def test_a_model_without_parameters_is_evaluated_on_the_cpu(digits):
 
     m = M.evaluate(Fixed(), [(digits.x_test[:50], digits.y_test[:50])], AttackSpec(eps=0.1, steps=2))
     assert m[M.N_EXAMPLES] == 50.0
+
+
+def test_setting_names_reject_unknown_kinds_listing_the_known():
+    with pytest.raises(ValueError, match=r"^kind: unknown 'epochs'; known: steps, restarts$"):
+        M.at_setting("epochs", 3, M.ACC_ADV)
