@@ -87,9 +87,12 @@ def test_restarts_never_help_the_model(naive_mlp, batch, norm, objective):
     kw["step_size"] = kw["eps"] / 20
     one = pgd(naive_mlp, x, y, restarts=1, generator=torch.Generator().manual_seed(5), **kw)
     many = pgd(naive_mlp, x, y, restarts=8, generator=torch.Generator().manual_seed(5), **kw)
+    two = pgd(naive_mlp, x, y, restarts=2, generator=torch.Generator().manual_seed(5), **kw)
     s1 = _success(naive_mlp, one, x, y, objective, kw.get("target"))
     s8 = _success(naive_mlp, many, x, y, objective, kw.get("target"))
+    s2 = _success(naive_mlp, two, x, y, objective, kw.get("target"))
     assert (s8 | ~s1).all(), "an example that one start broke was lost with more restarts"
+    assert (s2 | ~s1).all() and (s8 | ~s2).all()
     assert s8.sum() > s1.sum(), "restarts found nothing more: this setting cannot see a broken merge"
     both_fail = ~s1 & ~s8
     score1 = _score(naive_mlp, one, x, y, objective, kw.get("target"))[both_fail]
@@ -163,6 +166,11 @@ def test_hypocritical_moves_mistakes_to_the_true_label_and_adversarial_away(natu
     (dict(restarts=0), "restarts"),
     (dict(random_start="sphere"), "random_start"),
     (dict(objective="targeted"), "target"),
+    (dict(eps=True), "eps"),
+    (dict(steps=True), "steps"),
+    (dict(sigma=-0.1), "sigma"),
+    (dict(sigma=True), "sigma"),
+    (dict(sigma="0.1"), "sigma"),
 ])
 def test_bad_arguments_name_the_field(natural_mlp, batch, kwargs, field):
     x, y = batch
@@ -299,6 +307,7 @@ def test_threat_model_step_projection_and_norm_by_hand(norm):
     tm = THREAT_MODELS[norm]
     g = torch.Generator().manual_seed(0)
     x = torch.rand(5, 1, 4, 4, generator=g) * 0.8 + 0.1
+    x[:, :, 0, 0], x[:, :, 0, 1] = 0.0, 1.0  # on the faces of [0,1]: the box clamp matters there
     grad = torch.randn(5, 1, 4, 4, generator=g)
     grad[0, 0, 0, 0] = 0.0
     alpha, eps = 0.03, {"linf": 0.05, "l2": 0.3}[norm]
@@ -325,6 +334,7 @@ def test_threat_model_step_projection_and_norm_by_hand(norm):
         assert torch.allclose(projected.flatten(1), want, atol=1e-6)
         assert torch.allclose(tm.project_delta(delta.clone(), eps).flatten(1).norm(dim=1),
                               d.norm(dim=1).clamp(max=eps), atol=1e-6)
+    assert projected.min() >= 0 and projected.max() <= 1 and (projected == 0).any() and (projected == 1).any()
     one = tm.uniform(x[:1], eps, g)  # a batch of a single example
     assert one.shape == x[:1].shape and float(tm.norm(one)) <= eps + 1e-6
 
@@ -361,6 +371,55 @@ def test_same_generator_gives_the_same_attack_whatever_the_global_rng(naive_mlp,
     c = pgd(naive_mlp, x, y, generator=torch.Generator().manual_seed(5), **kw)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_argument_spellings_and_defaults(naive_mlp, batch, norm):
+    """Guards the documented spellings and defaults: random_start True = "auto", False and None = "none",
+    restarts 1, "gaussian" with no sigma = 0.01 (an explicit sigma overrides the auto one), and AttackSpec.run =
+    pgd with every field of the spec (norm, restarts, best iterate)."""
+    from hyporay.attacks import AttackSpec
+
+    x, y = batch
+    kw = dict(eps=EPS[norm], step_size=EPS[norm] / 4, steps=2, norm=norm, objective="hypocritical")
+
+    def run(**extra):
+        return pgd(naive_mlp, x, y, **{**kw, **extra}, generator=torch.Generator().manual_seed(3))
+
+    assert torch.equal(run(random_start=True), run(random_start="auto"))
+    assert torch.equal(run(random_start=False), run(random_start="none"))
+    assert torch.equal(run(random_start=None), run(random_start="none"))
+    assert not torch.equal(run(random_start="auto"), run(random_start="none"))
+    assert torch.equal(run(), run(restarts=1))
+    assert torch.equal(run(random_start="gaussian"), run(random_start="gaussian", sigma=0.01))
+    assert torch.equal(run(sigma=0.05), run(random_start="gaussian", sigma=0.05))
+    assert not torch.equal(run(sigma=0.05), run())
+    spec = AttackSpec(norm=norm, eps=EPS[norm], steps=2, restarts=2, best_iterate=True, random_start="uniform")
+    direct = pgd(naive_mlp, x, y, eps=spec.eps, step_size=spec.alpha, steps=2, norm=norm, objective="adversarial",
+                 restarts=2, best_iterate=True, random_start="uniform", generator=torch.Generator().manual_seed(3))
+    assert torch.equal(spec.run(naive_mlp, x, y, "adversarial", generator=torch.Generator().manual_seed(3)), direct)
+    plain = pgd(naive_mlp, x, y, eps=spec.eps, step_size=spec.alpha, steps=2, norm=norm, objective="adversarial",
+                random_start="uniform", generator=torch.Generator().manual_seed(3))
+    assert not torch.equal(direct, plain)  # restarts and best iterate change the result here
+
+
+def test_input_and_target_errors(natural_mlp, batch):
+    x, y = batch
+    kw = dict(eps=0.1, step_size=0.025, steps=1)
+    with pytest.raises(ValueError, match=r"^x: must be a floating-point tensor in \[0,1\], got dtype torch.uint8$"):
+        pgd(natural_mlp, (x * 255).to(torch.uint8), y, **kw)
+    over = x.clone()
+    over[0, 0, 0, 0] = 1.5
+    with pytest.raises(ValueError, match=r"^x: values must lie in \[0,1\]"):
+        pgd(natural_mlp, over, y, **kw)
+    with pytest.raises(ValueError, match=r"^target: required for objective 'targeted' \(int64 labels, shape N\)$"):
+        pgd(natural_mlp, x, y, objective="targeted", **kw)
+    with pytest.raises(ValueError, match=r"^target: must have the shape of y \(256,\), got \(3,\)$"):
+        pgd(natural_mlp, x, y, objective="targeted", target=y[:3], **kw)
+    with pytest.raises(ValueError, match=r"^random_start: unknown 'sphere'; allowed: auto, none, uniform, gaussian$"):
+        pgd(natural_mlp, x, y, random_start="sphere", **kw)
+    pgd(natural_mlp, x, y, random_start="gaussian", sigma=0.0, **kw)  # sigma 0 and large sigmas are allowed
+    pgd(natural_mlp, x, y, random_start="gaussian", sigma=2, **kw)
 
 
 def test_attack_spec_reports_its_threat_model():
