@@ -92,6 +92,9 @@ def test_claim3_verdicts():
     assert R.claim3(_f4({"trades": flat_nat, "thrm": backwards}), n_perm=NB)["verdict"] == "not shown"
     two = _f4({"trades": RISING[:2], "thrm": RISING[:2]}, lams=LAMS[:2])
     assert R.claim3(two, n_perm=NB)["verdict"] == "inconclusive"
+    # three λ values, perfectly ordered: ρ = ±1 but a permutation p of about 1/3, not significant
+    three = R.claim3(_f4({"trades": RISING[:3], "thrm": RISING[:3]}, lams=LAMS[:3]), n_perm=NB)
+    assert three["verdict"] == "not shown" and all(r["p_hyp"] > 0.05 for r in three["per_trainer"])
 
 
 # --- claim 4: THRM's trade-off beats TRADES's (hypervolume, paired bootstrap over seeds) --------------------------
@@ -112,6 +115,11 @@ def test_claim4_verdicts():
              for r in _f4({"trades": _shifted(RISING, jt - 0.3), "thrm": _shifted(RISING, jh)}, seed=s)]
     c = R.claim4(worse, n_boot=NB)
     assert c["verdict"] == "not shown" and c["difference"] < 0
+    # better on average (a positive estimate) but not on every seed: the interval reaches below 0
+    mixed = [r for s, dy in enumerate((-0.3, -0.3, 0.45))
+             for r in _f4({"trades": RISING, "thrm": _shifted(RISING, dy)}, seed=s)]
+    c = R.claim4(mixed, n_boot=NB)
+    assert c["verdict"] == "not shown" and c["difference"] > 0 and c["low"] < 0
     one = [r for r in better if r["seed"] == 0]
     c = R.claim4(one, n_boot=NB)
     assert c["verdict"] == "not shown" and c["difference"] > 0 and "1 seed" in c["statistic"]
