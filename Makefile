@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv bench clean mutants
+.PHONY: run test ui venv bench clean mutants
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# the MLflow UI over ./mlflow.db (what `make run` writes), on 127.0.0.1 only; Ctrl-C stops it
+UI_PORT ?= 5000
+ui: $(STAMP)
+	$(VENV)/bin/hyporay ui --port $(UI_PORT)
 
 bench: $(STAMP)
 	for f in bench/*.py; do $(PY) $$f || exit 1; done

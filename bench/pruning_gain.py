@@ -63,17 +63,14 @@ def _noise(workdir: Path, base_args: list[str], params: dict, seeds: list[int], 
     import ray
 
     from hyporay.config import load_config
+    from hyporay.engine import search as O
+    from hyporay.engine.run import plan
     from hyporay.experiment import load_trial_data
-    from hyporay.sweep import optuna_search as O
-    from hyporay.sweep.engine import load_profile
 
-    args = O.build_parser(O.BUDGET).parse_args(base_args)
-    prof = load_profile(ROOT / "sweeps" / "configs", profile)
-    d = O.search_defaults(profile, prof)
-    space = O.build_space(O.BUDGET, args, d)
-    cfg = O.trial_config(O.base_trial(O.BUDGET, args, prof, space, d, workdir), space, params)
+    study = plan(O.BUDGET, base_args, ROOT / "sweeps" / "configs")  # the study's own base trial and objective
+    cfg = O.trial_config(study.base, study.space, params)
     cfg = load_config(cfg, {"device": "cpu", "threads": 1}).model_dump()
-    obj = O.Objective(d["max_natural_risk"] if args.max_natural_risk is None else args.max_natural_risk, args.penalty)
+    obj = study.objective
     data = ray.put(load_trial_data(load_config(cfg)))
 
     def one(seed: int, data_):
@@ -106,9 +103,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from hyporay.sweep import optuna_search as O
-    from hyporay.sweep import tracking
-    from hyporay.sweep.cluster import init_ray
+    from hyporay.cluster.resources import init_ray
+    from hyporay.engine import search as O
+    from hyporay.engine import tracking
+    from hyporay.engine.run import run
 
     if a.milestones == "auto":
         milestones = sorted({round(a.epochs * 2 / 3), round(a.epochs * 5 / 6)} - {0, a.epochs})
@@ -131,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             for pruner in pruners:
                 t0 = time.perf_counter()
                 with contextlib.redirect_stdout(log):
-                    rc = O.run_search(O.BUDGET, [*common, "--pruner", pruner, "--study-name", f"bench-{pruner}"],
-                                      ROOT / "sweeps" / "configs")
+                    rc = run(O.BUDGET, [*common, "--pruner", pruner, "--study-name", f"bench-{pruner}"],
+                             ROOT / "sweeps" / "configs")
                 seconds[pruner] = time.perf_counter() - t0
                 if rc != 0:
                     log.flush()

@@ -31,27 +31,52 @@ def _table(metrics: dict, title: str) -> str:
                  f"{int(metrics[M.N_MISCLASSIFIED])}")
     if M.TARGETED_MEAN in metrics:
         lines.append(f"{'targeted success on D- (mean over labels)':<40s} {metrics[M.TARGETED_MEAN]:8.4f}")
+    for key, label, attack in ((M.HYPOCRITICAL_RISK_CERTIFIED_UPPER, "R_hyp(D-)", M.HYPOCRITICAL_RISK),
+                               (M.ADVERSARIAL_RISK_CORRECT_CERTIFIED_UPPER, "R_adv(D+)", M.ADVERSARIAL_RISK_CORRECT)):
+        if key in metrics:  # the bracket: the attack's lower bound, the certificate's upper bound
+            lines.append(f"{label + ' in [attack, certified]':<40s} [{metrics[attack]:.4f}, {metrics[key]:.4f}]")
     return "\n".join(lines)
 
 
 def cmd_train(args) -> int:
+    from hyporay import metrics as M
+    from hyporay import provenance
     from hyporay.config import load_config
-    from hyporay.experiment import run_trial
+    from hyporay.experiment import CHECKPOINT_FILE, Diverged, run_trial, write_diverged
 
     cfg = load_config(args.config, args.set or [])
     out = Path(args.out or Path("runs") / cfg.name)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(_yaml(cfg.model_dump()))
+    has_ckpt = (out / CHECKPOINT_FILE).exists()
+    if has_ckpt and not args.resume and not args.overwrite:
+        raise ValueError(f"--out: {out} already holds a trained {CHECKPOINT_FILE}; --resume continues it, "
+                         "--overwrite replaces it, or choose another --out")
     print(f"trial {cfg.name}: {cfg.train.trainer} (lam={cfg.train.lam}) on {cfg.data.name}/{cfg.variant.name}, "
           f"model {cfg.model.name}, {cfg.train.epochs} epochs -> {out}")
-    print(f"train attack: {cfg.train.attack.spec().describe()}")
-    print(f"eval attack:  {cfg.eval.attack.spec().describe()}")
-    metrics = run_trial(cfg, checkpoint_dir=out, log=print,
-                        resume_from=out if args.resume and (out / "checkpoint.pt").exists() else None)
+    print(f"train attack: {cfg.train.attack.describe()}")
+    print(f"eval attack:  {cfg.eval.attack.describe()}")
+    # config.yaml, metrics.json and checkpoint.pt are written together at each evaluation: a run refused by a
+    # check (bad data set, model options, a --resume that changes a trained field) writes nothing
+    try:
+        metrics = run_trial(cfg, checkpoint_dir=out, log=print, resume_from=out if args.resume and has_ckpt else None)
+    except Diverged as exc:
+        write_diverged(out, cfg, exc)
+        print(f"hyporay: trial {cfg.name} {exc}; wrote {out / 'metrics.json'}", file=sys.stderr)
+        return 1
     print()
-    print(_table(metrics, f"final metrics ({cfg.eval.attack.spec().describe()})"))
-    print(f"\nwrote {out / 'metrics.json'} and {out / 'checkpoint.pt'}")
+    print(_table(metrics, f"final metrics ({cfg.eval.attack.describe()})"))
+    if metrics.get(M.DEGENERATE):
+        print(f"\ndegenerate model ({_degenerate_reason(metrics)}): its attack-based numbers are NaN, not results")
+    print(f"\nwrote {out / 'metrics.json'}, {out / 'config.yaml'} and {out / CHECKPOINT_FILE}")
+    print(f"code: {provenance.describe(provenance.code())}; config sha256 "
+          f"{provenance.config_hash(cfg.model_dump())[:12]}")
     return 0
+
+
+def _degenerate_reason(metrics: dict) -> str:
+    from hyporay import metrics as M
+
+    n = int(metrics.get(M.NONFINITE_LOGITS) or 0)
+    return f"non-finite logits on {n} test examples" if n else "its logits do not depend on the input"
 
 
 def cmd_eval(args) -> int:
@@ -65,18 +90,24 @@ def cmd_eval(args) -> int:
     cfg_attack = state["config"]["eval"]["attack"]
     spec = AttackSpec(norm=args.norm or cfg_attack["norm"],
                       eps=args.eps if args.eps is not None else cfg_attack["eps"],
-                      steps=args.steps or cfg_attack["steps"], step_size=args.step_size,
-                      restarts=args.restarts, random_start=args.random_start, best_iterate=args.best_iterate)
+                      steps=cfg_attack["steps"] if args.steps is None else args.steps, step_size=args.step_size,
+                      restarts=args.restarts, random_start=args.random_start, best_iterate=args.best_iterate,
+                      method=args.method or cfg_attack.get("method", "pgd"),
+                      score=args.score or cfg_attack.get("score", "ce"))
+    certify = args.certify or state["config"]["eval"].get("certify", "none")
     device = resolve_device(args.device)
     model, cfg = model_from_checkpoint(state, device)
     if args.targeted:
         cfg.eval.targeted = True
     ds = load_trial_data(cfg)
     with torch.inference_mode(False):
-        metrics = evaluate_model(cfg, model, ds, device, epoch=int(state["metrics"].get("epoch", 0)), spec=spec)
-    print(_table(metrics, f"{cfg.name} on {ds.name} test split: {spec.describe()}"))
+        metrics = evaluate_model(cfg, model, ds, device, epoch=int(state["metrics"].get("epoch", 0)), spec=spec,
+                                 certify=certify)
+    print(_table(metrics, f"{cfg.name} on {ds.name} test split: {spec.describe()}"
+                          + (f"; certified: {certify}" if certify != "none" else "")))
     if args.json:
-        Path(args.json).write_text(json.dumps({"attack": spec.as_dict(), "metrics": metrics}, indent=2))
+        Path(args.json).write_text(json.dumps({"attack": spec.as_dict(), "certify": certify, "metrics": metrics},
+                                              indent=2))
         print(f"wrote {args.json}")
     return 0
 
@@ -85,8 +116,9 @@ def cmd_frontier(args) -> int:
     """Rebuild a sweep's frontier artefacts from its MLflow runs (finished or interrupted sweep)."""
     from mlflow.exceptions import MlflowException
 
-    from hyporay.sweep import frontier as F
-    from hyporay.sweep import tracking
+    from hyporay.analysis import frontier as F
+    from hyporay.analysis.runs import describe_left_out
+    from hyporay.engine import publish, tracking
 
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(Path.cwd())
     tracking.check_reachable(uri)
@@ -105,27 +137,29 @@ def cmd_frontier(args) -> int:
         if parent.info.experiment_id != exp.experiment_id:
             raise tracking.TrackingError(f"--parent: run {parent_id} is not in experiment {args.experiment!r}")
         out = Path(args.out or f"frontier-{parent_id[:8]}")
-        fr, view = F.rebuild_for_parent(uri, exp.experiment_id, parent_id, out, label_key=args.label_key)
+        pts, left, paths, view, caption = publish.rebuild_for_parent(uri, exp.experiment_id, parent_id, out,
+                                                                     label_key=args.label_key)
     except MlflowException as exc:
         raise tracking.TrackingError(f"mlflow: {exc.message.splitlines()[0]}") from None
-    n_rows = sum(p.n_seeds for p in fr.points)
+    n_rows = sum(p.n_seeds for p in pts)
     print(f"experiment {args.experiment!r} (id {exp.experiment_id}), parent run {parent_id} "
           f"({parent.info.run_name}, {parent.info.status})")
     print()
-    print(F.table(fr.points) if fr.points else "no finished trial runs yet: the frontier is empty")
+    print(F.table(pts, caption=caption) if pts else "no finished trial runs yet: the frontier is empty")
     print()
-    print(f"frontier from {n_rows} finished run(s) in {len(fr.points)} point(s); skipped {fr.skipped} unfinished "
-          "run(s)")
-    for a in fr.artefacts:
-        print(f"artefact:       {a} (logged to the parent run)")
-    print(f"runs:           {tracking.runs_link(uri, exp.experiment_id)}")
-    if view:
-        print(f"frontier chart: {view}")
+    left_text = describe_left_out(left)
+    print(f"frontier from {n_rows} finished run(s) in {len(pts)} point(s)"
+          + (f"; left out {left_text} run(s)" if left_text else ""))
+    for a in paths:
+        print(f"artefact:        {a} (logged to the parent run)")
+    for line in publish.links(uri, exp.experiment_id, parent_id):
+        if view is not None or not line.startswith("trade-off"):
+            print(line)
     return 0
 
 
 def _latest_parent(c, experiment_id: str, name: str) -> str:
-    from hyporay.sweep import tracking
+    from hyporay.engine import tracking
 
     found = tracking.retry(c.search_runs, [experiment_id], filter_string=f"tags.`{tracking.ROLE_TAG}` = 'sweep'",
                            order_by=["attributes.start_time DESC"], max_results=1)
@@ -134,29 +168,26 @@ def _latest_parent(c, experiment_id: str, name: str) -> str:
     return found[0].info.run_id
 
 
-def _yaml(d: dict) -> str:
-    import yaml
-
-    return yaml.safe_dump(d, sort_keys=False)
-
-
 def cmd_audit(args) -> int:
     """Audit a saved model's evaluation; exit status 0 = every check passed, 1 = some check flagged."""
     from dataclasses import fields
 
     from hyporay.attacks import AttackSpec
-    from hyporay.audit_tolerances import Tolerances
-    from hyporay.experiment import audit_checkpoint, load_checkpoint
+    from hyporay.audit import Tolerances
+    from hyporay.audit.checkpoint import audit_checkpoint
+    from hyporay.experiment import load_checkpoint
 
     state = load_checkpoint(args.checkpoint)
     a = state["config"]["eval"]["attack"]
     step_size = args.step_size if args.step_size is not None else (a["step_size"] if args.eps is None else None)
     spec = AttackSpec(norm=args.norm or a["norm"], eps=a["eps"] if args.eps is None else args.eps,
-                      steps=args.steps or a["steps"], step_size=step_size, restarts=args.restarts or a["restarts"],
+                      steps=a["steps"] if args.steps is None else args.steps, step_size=step_size,
+                      restarts=a["restarts"] if args.restarts is None else args.restarts,
                       random_start=args.random_start or a["random_start"],
-                      best_iterate=args.best_iterate or a["best_iterate"])
+                      best_iterate=args.best_iterate or a["best_iterate"],
+                      method=args.method or a.get("method", "pgd"), score=args.score or a.get("score", "ce"))
     tol = Tolerances(**{f.name: getattr(args, f"tol_{f.name}") for f in fields(Tolerances)})
-    grids = {k: getattr(args, k) for k in ("eps_multiples", "steps_grid", "restarts_grid")}
+    grids = {k: getattr(args, k) for k in ("eps_multiples", "steps_grid", "restarts_grid", "certify")}
     report = audit_checkpoint(state, spec=spec, tolerances=tol, device=args.device, subset=args.subset,
                               surrogate=args.surrogate, transfer=not args.no_transfer,
                               surrogate_epochs=args.surrogate_epochs, surrogate_seed=args.surrogate_seed,
@@ -193,7 +224,7 @@ def _list_of(typ):
 def _add_audit_parser(sub, fmt) -> None:
     from dataclasses import fields
 
-    from hyporay import audit_tolerances as T
+    from hyporay.audit import tolerances as T
 
     a = sub.add_parser("audit", formatter_class=fmt,
                        help="check whether a saved model's robustness numbers can be trusted (exit 0 pass, 1 flag)",
@@ -208,6 +239,11 @@ def _add_audit_parser(sub, fmt) -> None:
     a.add_argument("--restarts", type=int, help="default: the trial's")
     a.add_argument("--random-start", choices=["auto", "none", "uniform", "gaussian"], help="default: the trial's")
     a.add_argument("--best-iterate", action="store_true")
+    a.add_argument("--method", choices=["pgd", "apgd"], help="the audited attack (default: the trial's, else pgd); "
+                                                            "apgd_vs_pgd compares it with the other one")
+    a.add_argument("--score", choices=["ce", "margin"], help="score of the audited attack (default: the trial's)")
+    a.add_argument("--certify", default="crown-ibp", choices=["none", "ibp", "crown-ibp", "crown"],
+                   help="certifier of the certified_bound check (crown: tighter, slow on conv nets; none skips it)")
     a.add_argument("--eps-multiples", type=_list_of(float), default=",".join(f"{v:g}" for v in T.DEFAULT_EPS_MULTIPLES),
                    help="accuracy-vs-eps curve at these multiples of eps (ascending; the largest should be huge)")
     a.add_argument("--steps-grid", type=_list_of(int), default=",".join(map(str, T.DEFAULT_STEPS_GRID)),
@@ -232,8 +268,31 @@ def _add_audit_parser(sub, fmt) -> None:
     a.set_defaults(func=cmd_audit)
 
 
+def cmd_ui(args) -> int:
+    """Serve the MLflow UI over a local SQLite store on 127.0.0.1 (what `make ui` runs); checks first, in one line,
+    that the store exists and the port is free."""
+    import socket
+
+    db = Path(args.db).resolve()
+    if not db.is_file():
+        raise FileNotFoundError(f"--db: no MLflow database at {db}; run a sweep first (make run)")
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", args.port))
+        except OSError:
+            raise ValueError(f"--port: {args.port} on 127.0.0.1 is in use (an MLflow UI already running?); pick "
+                             f"another, e.g. make ui UI_PORT={args.port + 1}") from None
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{db}",
+           "--default-artifact-root", (db.parent / "mlartifacts").as_uri(), "--host", "127.0.0.1", "--port",
+           str(args.port), "--workers", "1"]
+    print(f"MLflow UI on http://127.0.0.1:{args.port} over {db} (Ctrl-C stops it)", flush=True)
+    os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no GenAI job runner: starts in seconds
+    os.execv(cmd[0], cmd)
+    return 0  # not reached
+
+
 def cmd_validate_cluster(args) -> int:
-    from hyporay.cluster_config import run
+    from hyporay.cluster.validate import run
 
     return run(args.files)
 
@@ -249,7 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   "train, eval; see sweeps/configs/*.yaml)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. train.lam=5")
     t.add_argument("--out", help="output directory (default runs/<name>)")
-    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out (only train.epochs, "
+                   "eval.*, name, device and threads may differ from the checkpoint's config)")
+    t.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="re-evaluate a saved model under any attack spec", formatter_class=fmt)
@@ -258,11 +319,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eps", type=float, help="radius in pixel units (default: the trial's)")
     e.add_argument("--steps", type=int, help="PGD steps (default: the trial's)")
     e.add_argument("--step-size", type=float, help="default eps/4")
-    e.add_argument("--restarts", type=int, default=1)
-    e.add_argument("--random-start", default="auto", choices=["auto", "none", "uniform", "gaussian"])
-    e.add_argument("--best-iterate", action="store_true")
+    e.add_argument("--restarts", type=int, default=1, help="independent starts; per example the best is kept")
+    e.add_argument("--random-start", default="auto", choices=["auto", "none", "uniform", "gaussian"],
+                   help="auto: uniform in the ball (adversarial), x + 0.01 N(0,1) (hypocritical/targeted), "
+                        "x + 0.001 N(0,1) (stability)")
+    e.add_argument("--best-iterate", action="store_true", help="PGD: keep each example's best iterate")
+    e.add_argument("--method", choices=["pgd", "apgd"],
+                   help="attack: pgd, or apgd (Croce & Hein 2020: step 2 eps halved at checkpoints, momentum 0.75, "
+                        "best iterate; --step-size does not apply) (default: the trial's, else pgd)")
+    e.add_argument("--score", choices=["ce", "margin"],
+                   help="what the adversarial/hypocritical attacks ascend: ce, or margin (DLR); the stability "
+                        "attack always ascends KL (default: the trial's, else ce)")
+    e.add_argument("--certify", nargs="?", const="crown", choices=["none", "ibp", "crown-ibp", "crown"],
+                   help="also certified upper bounds of R_hyp(D-) and R_adv(D+) at the same eps/norm: ibp (cheap, "
+                        "loose), crown-ibp, crown (tightest; the default of a bare --certify) (default: the "
+                        "trial's eval.certify, else none)")
     e.add_argument("--targeted", action="store_true", help="per-label targeted success on D- (Fig. 3)")
-    e.add_argument("--device", default="auto")
+    e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     e.add_argument("--json", help="also write the attack spec and metrics here")
     e.set_defaults(func=cmd_eval)
 
@@ -279,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=cmd_frontier)
 
     _add_audit_parser(sub, fmt)
+
+    u = sub.add_parser("ui", help="serve the MLflow UI over ./mlflow.db on 127.0.0.1 (make ui)", formatter_class=fmt,
+                       description="The MLflow UI over a sweep's local SQLite store, bound to 127.0.0.1 only.")
+    u.add_argument("--db", default="mlflow.db", help="the SQLite store a sweep wrote (default: ./mlflow.db)")
+    u.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (the port the sweeps' links use)")
+    u.set_defaults(func=cmd_ui)
 
     v = sub.add_parser("validate-cluster", help="check Ray cluster files offline (exit 0 valid, 1 invalid, "
                                                 "2 unreadable)",

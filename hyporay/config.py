@@ -6,14 +6,16 @@ Every field error reads ``<dotted.field>: <what is wrong>; <what is allowed>``, 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from hyporay.attacks import AttackSpec
-from hyporay.attacks.pgd import RANDOM_STARTS
+from hyporay.dotted import flatten
 from hyporay.trainers import LOSSES
 
 
@@ -22,24 +24,37 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `train.lr=.inf` or `train.lam=.nan` is a typo, never a setting
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
-class AttackConfig(_Strict):
-    """Threat model and PGD settings; eps and step_size in pixel units of [0,1] inputs."""
+# The attack settings of a trial are ``hyporay.attacks.AttackSpec`` itself (one shape for a threat model): pydantic
+# validates its fields by their annotations, AttackSpec's own checks run on construction, and these add what only a
+# config knows: the default steps of its use (the paper trains with 10 steps, evaluates with 20) and that an l_inf
+# radius above 1 is the whole [0,1] box, i.e. a typo. (An l_2 radius is checked against the data's dimension once it
+# is known: see TrialConfig.check_against_data.)
+ATTACK_FIELDS = tuple(f.name for f in dataclasses.fields(AttackSpec))
 
-    norm: Literal["linf", "l2"] = "linf"
-    eps: float = Field(8 / 255, ge=0)
-    steps: int = Field(10, ge=1)
-    step_size: float | None = Field(None, ge=0, description="None = eps/4")
-    restarts: int = Field(1, ge=1)
-    random_start: Literal[RANDOM_STARTS] = "auto"  # type: ignore[valid-type]
-    best_iterate: bool = False
 
-    def spec(self) -> AttackSpec:
-        return AttackSpec(norm=self.norm, eps=self.eps, steps=self.steps, step_size=self.step_size,
-                          restarts=self.restarts, random_start=self.random_start,
-                          best_iterate=self.best_iterate)
+def _attack_defaults(steps: int):
+    def fill(raw):
+        return {"steps": steps, **raw} if isinstance(raw, dict) else raw
+    return fill
+
+
+def _inside_the_box(spec: AttackSpec) -> AttackSpec:
+    if spec.norm == "linf":
+        for name in ("eps", "step_size"):
+            v = getattr(spec, name)
+            if v is not None and v > 1:
+                what = "radius" if name == "eps" else "step"
+                raise ValueError(f"{name}: {v:g} is beyond the input range [0,1] (an l_inf {what} > 1 spans every "
+                                 "image); pixel units, e.g. 8/255 = 0.0314")
+    return spec
+
+
+TrainAttack = Annotated[AttackSpec, BeforeValidator(_attack_defaults(10)), AfterValidator(_inside_the_box)]
+EvalAttack = Annotated[AttackSpec, BeforeValidator(_attack_defaults(20)), AfterValidator(_inside_the_box)]
 
 
 class DataConfig(_Strict):
@@ -49,9 +64,17 @@ class DataConfig(_Strict):
     subset_train: int | None = Field(None, ge=1)
     subset_test: int | None = Field(None, ge=1)
     test_fraction: float = Field(0.3, gt=0, lt=1)
-    split_seed: int = Field(0, ge=0, description="seed of the train/test split and subsets (fixed across "
-                                                 "trial seeds, so every trial of a sweep sees the same test set)")
+    split_seed: int | Literal["trial"] = Field(0, description="seed of the train/test split and subsets: a number "
+                                               "(fixed across trial seeds, so every trial of a sweep sees the same "
+                                               "test set) or 'trial' (the trial's seed: a split per seed)")
     cache_dir: str | None = Field(None, description="generated training sets; None = <root>/hyporay-cache")
+
+    @field_validator("split_seed")
+    @classmethod
+    def _split_seed(cls, v):
+        if isinstance(v, int) and v < 0:
+            raise ValueError(f"must be an integer >= 0 or 'trial', got {v}")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -65,7 +88,7 @@ class DataConfig(_Strict):
 
 class ModelConfig(_Strict):
     name: str = "mlp"
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="options of the architecture's factory")
 
     @field_validator("name")
     @classmethod
@@ -75,6 +98,18 @@ class ModelConfig(_Strict):
         if v not in list_models():
             raise ValueError(f"unknown {v!r}; known: {', '.join(list_models())}")
         return v
+
+    @model_validator(mode="after")
+    def _known_options(self) -> ModelConfig:
+        # names now; values when the model is built on the data's shape (hyporay.models.build_model)
+        from hyporay.models import model_options
+
+        known = model_options(self.name)
+        unknown = sorted(set(self.kwargs) - set(known)) if known is not None else []
+        if unknown:
+            raise ValueError(f"kwargs: unknown option {unknown[0]!r} of model {self.name}; known: "
+                             f"{', '.join(known) or '(none)'}")
+        return self
 
 
 class VariantConfig(_Strict):
@@ -98,14 +133,22 @@ class TrainConfig(_Strict):
     lr: float = Field(0.1, gt=0)
     lr_large_lambda: float | None = Field(None, gt=0, description="lr used when lam >= 10 (paper: 0.05)")
     momentum: float = Field(0.9, ge=0, lt=1)
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="sgd (the paper's) | adam (betas (momentum, "
+                                              "0.999); the l_inf-dist net's)")
     weight_decay: float = Field(5e-4, ge=0)
     milestones: list[int] = Field(default_factory=list)
     gamma: float = Field(0.1, gt=0)
     augment: bool = False
     amp: bool = False
+    amp_dtype: Literal["auto", "bfloat16", "float16"] = Field(
+        "auto", description="autocast dtype; auto = bfloat16 where native (CPU, CUDA compute capability >= 8), "
+                            "else float16 with a GradScaler")
     channels_last: bool = False
+    compile: bool = Field(False, description="torch.compile the model for training; drops each epoch's last "
+                                             "partial batch (static shapes); one logged line and eager "
+                                             "training where compilation is unavailable")
     concat_forward: bool = Field(True, description="one forward on cat(x, x') (False-Friends code)")
-    attack: AttackConfig = Field(default_factory=AttackConfig)
+    attack: TrainAttack = Field(default_factory=lambda: AttackSpec(steps=10))
 
     @property
     def effective_lr(self) -> float:
@@ -116,11 +159,14 @@ class EvalConfig(_Strict):
     every: int = Field(1, ge=1, description="evaluate every N epochs (and always after the last)")
     batch_size: int = Field(512, ge=1)
     targeted: bool = Field(False, description="also per-label targeted success on D- (Fig. 3)")
-    attack: AttackConfig = Field(default_factory=lambda: AttackConfig(steps=20))
+    attack: EvalAttack = Field(default_factory=lambda: AttackSpec(steps=20))
     steps_grid: list[int] = Field(default_factory=list, description="after the last epoch, also evaluate with "
                                   "K steps (1 restart) for each K: metrics steps_K/<metric>")
     restarts_grid: list[int] = Field(default_factory=list, description="after the last epoch, also evaluate "
                                      "with R restarts (the eval attack's steps): metrics restarts_R/<metric>")
+    certify: Literal["none", "ibp", "crown-ibp", "crown"] = Field(
+        "none", description="also certified upper bounds of R_hyp(D-) and R_adv(D+) at the eval attack's eps and "
+        "norm (hyporay.certify): ibp (cheap, loose) | crown-ibp | crown (tightest, costliest)")
 
     @field_validator("steps_grid", "restarts_grid")
     @classmethod
@@ -132,6 +178,8 @@ class EvalConfig(_Strict):
 
 
 class TrialConfig(_Strict):
+    imports: list[str] = Field(default_factory=list, description="modules (names or .py paths) that register your "
+                               "own data sets / models; imported before the names are checked, in every process")
     name: str = "trial"
     seed: int = Field(0, ge=0)
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
@@ -141,6 +189,23 @@ class TrialConfig(_Strict):
     variant: VariantConfig = Field(default_factory=VariantConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _import_plugins(cls, data):
+        # before the nested configs check data.name / model.name against the registries
+        if isinstance(data, dict) and data.get("imports"):
+            from hyporay.plugins import import_plugins
+
+            imports = data["imports"]
+            if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):
+                raise ValueError(f"imports: must be a list of module names or .py paths, got {imports!r}")
+            import_plugins(imports)
+        return data
+
+    def data_seed(self) -> int:
+        """The seed of the train/test split and subsets (``data.split_seed``, or the trial's seed for 'trial')."""
+        return self.seed if self.data.split_seed == "trial" else int(self.data.split_seed)
 
     @field_validator("device")
     @classmethod
@@ -163,25 +228,17 @@ class TrialConfig(_Strict):
         return flatten(self.model_dump())
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def _format(err: ValidationError) -> str:
     e = err.errors()[0]
     loc = ".".join(str(p) for p in e["loc"])
-    if e["type"] == "extra_forbidden":
+    if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         return f"{loc}: unknown key; known: {', '.join(_known_keys(e['loc'][:-1]))}"
     msg = e["msg"].removeprefix("Value error, ")
-    if msg.startswith(loc + ":"):  # cross-field validators already name their field
+    if not loc or msg.startswith(loc + ":"):  # cross-field validators already name their field
         return msg
+    head = msg.split(":", 1)[0]
+    if e["type"] == "value_error" and head.isidentifier() and head in _field_names(e["loc"]):
+        return f"{loc}.{msg}"  # a model validator naming one of its own fields: train.attack + eps: ...
     if e["type"] == "value_error":  # our validators already show the offending value
         return f"{loc}: {msg}"
     got = e.get("input")
@@ -189,10 +246,19 @@ def _format(err: ValidationError) -> str:
     return f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}"
 
 
+def _field_names(path: tuple) -> list[str]:
+    try:
+        return _known_keys(path)
+    except (KeyError, AttributeError):
+        return []
+
+
 def _known_keys(path: tuple) -> list[str]:
     cls: type[BaseModel] = TrialConfig
     for part in path:
         ann = cls.model_fields[part].annotation
+        if ann is AttackSpec:
+            return list(ATTACK_FIELDS)
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             return []
         cls = ann
@@ -238,9 +304,13 @@ def load_config(source: TrialConfig | dict | str | Path | None = None, overrides
         if not path.is_file():
             raise ConfigError(f"config: file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError(f"config: {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config: cannot read {path} ({type(exc).__name__})") from None
+        if data is None or data == {}:
+            raise ConfigError(f"config: {path} is empty; give the trial's fields (see configs/digits_thrm.yaml)")
         if not isinstance(data, dict):
             raise ConfigError(f"config: {path} must hold a mapping of fields, got {type(data).__name__}")
         if isinstance(data.get("trial"), dict):  # a sweep profile (sweeps/configs/*.yaml): its trial section

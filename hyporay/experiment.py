@@ -6,26 +6,88 @@ epochs (and after the last), checkpoints, and calls ``report(metrics, checkpoint
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import yaml
 
 from hyporay import metrics as M
+from hyporay import provenance
 from hyporay.config import ConfigError, TrialConfig, load_config
 from hyporay.data import Dataset, iterate_batches, load_dataset
+from hyporay.data.core import place
 from hyporay.models import build_model
 from hyporay.trainers import OptimConfig, Trainer
 
 CHECKPOINT_FILE = "checkpoint.pt"
 EPOCH = "epoch"
+DIVERGED = "diverged"                  # metric / tag of a trial stopped by a non-finite training loss
 Report = Callable[[dict, str], None]
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss: the trial stops, and its risks are never reported as results."""
+
+    def __init__(self, epoch: int, loss: float):
+        super().__init__(f"diverged at epoch {epoch}: training loss {loss}; no risk is reported (lower train.lr, "
+                         "or check the data)")
+        self.epoch, self.loss = epoch, loss
+
+
+# Fields a resumed run may change: how it is evaluated, named, placed and how long it trains. Any other field
+# shaped the weights already trained, so a resume with another value would mix two trainings.
+RESUMABLE_FIELDS = ("name", "device", "threads", "train.epochs", "eval", "data.root", "data.download",
+                    "data.cache_dir")
+
+
+def check_resumable(saved: TrialConfig, new: TrialConfig) -> None:
+    """Raise ConfigError (one line, naming the first field) when ``new`` changes a trained field of ``saved``."""
+    from hyporay.config import flatten
+
+    old, cur = flatten(saved.model_dump()), flatten(new.model_dump())
+    for key in sorted(set(old) | set(cur)):
+        if any(key == f or key.startswith(f + ".") for f in RESUMABLE_FIELDS):
+            continue
+        if old.get(key) != cur.get(key):
+            raise ConfigError(f"--resume: {key} is {cur.get(key)!r} but the checkpoint was trained with "
+                              f"{old.get(key)!r}; resume with the same value or train anew in another --out")
+
+
+def check_certifiable(cfg: TrialConfig, model: torch.nn.Module, ds: Dataset) -> None:
+    """With ``eval.certify``, the model must be one the certifier handles: found out now, on one test point, in one
+    line (ConfigError), not after training. ``model`` is on the CPU (before the trainer places it)."""
+    if cfg.eval.certify == "none":
+        return
+    from hyporay.certify import NotCertifiable, certify
+    from hyporay.data import to_float
+
+    try:
+        certify(model.eval(), to_float(ds.x_test[:1]).cpu(), ds.y_test[:1].cpu(), eps=cfg.eval.attack.eps,
+                norm=cfg.eval.attack.norm, method=cfg.eval.certify)
+    except NotCertifiable as exc:
+        raise ConfigError(f"eval.certify: {exc}") from None
+    finally:
+        model.train()
+
+
+def check_budget(cfg: TrialConfig, in_shape: tuple[int, ...]) -> None:
+    """An l_2 radius beyond the diameter of [0,1]^d (sqrt(d)) covers every image: a typo, refused (ConfigError)."""
+    d = 1
+    for n in in_shape:
+        d *= int(n)
+    for where, a in (("train.attack", cfg.train.attack), ("eval.attack", cfg.eval.attack)):
+        if a.norm == "l2" and a.eps > math.sqrt(d):
+            raise ConfigError(f"{where}.eps: {a.eps:g} is beyond the input range: an l2 ball of radius > "
+                              f"sqrt({d}) = {math.sqrt(d):.3g} covers every [0,1] image of shape {tuple(in_shape)}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -40,7 +102,7 @@ def resolve_device(name: str) -> torch.device:
 def load_trial_data(cfg: TrialConfig) -> Dataset:
     """The trial's data set (train/test split from the seed), with the eval subset applied."""
     d = cfg.data
-    return load_dataset(d.name, root=d.root, seed=d.split_seed, download=d.download, subset_train=d.subset_train,
+    return load_dataset(d.name, root=d.root, seed=cfg.data_seed(), download=d.download, subset_train=d.subset_train,
                         subset_test=d.subset_test, test_fraction=d.test_fraction)
 
 
@@ -69,24 +131,39 @@ def make_model(cfg: TrialConfig, ds: Dataset) -> torch.nn.Module:
 
 def make_trainer(cfg: TrialConfig, model: torch.nn.Module, device: torch.device) -> Trainer:
     t = cfg.train
-    return Trainer(model, loss=t.trainer, attack=t.attack.spec(), lam=t.lam,
+    return Trainer(model, loss=t.trainer, attack=t.attack, lam=t.lam,
                    optim=OptimConfig(lr=t.effective_lr, momentum=t.momentum, weight_decay=t.weight_decay,
-                                     milestones=t.milestones, gamma=t.gamma),
-                   batch_size=t.batch_size, augment=t.augment, amp=t.amp, channels_last=t.channels_last,
-                   concat_forward=t.concat_forward, device=device, seed=cfg.seed)
+                                     milestones=t.milestones, gamma=t.gamma, optimizer=t.optimizer),
+                   batch_size=t.batch_size, augment=t.augment, amp=t.amp, amp_dtype=t.amp_dtype,
+                   channels_last=t.channels_last, compile=t.compile, concat_forward=t.concat_forward,
+                   device=device, seed=cfg.seed, epochs=t.epochs)
 
 
 def evaluate_model(cfg: TrialConfig, model: torch.nn.Module, ds: Dataset, device: torch.device,
-                   *, epoch: int, spec=None, targeted: bool | None = None) -> dict[str, float]:
+                   *, epoch: int, spec=None, targeted: bool | None = None, certify: str | None = None
+                   ) -> dict[str, float]:
     """All risks of ``model`` on the test split under the eval attack (or ``spec``), seeded by epoch.
 
     ``targeted`` (default ``cfg.eval.targeted``): also the per-label targeted attacks (Fig. 3).
+    ``certify`` (default ``cfg.eval.certify``; "none" skips): also ``M.CERTIFIED_METRICS``, certified upper
+    bounds at the attack's eps and norm.
     """
-    spec = spec or cfg.eval.attack.spec()
+    from hyporay.certify import NotCertifiable
+
+    spec = spec or cfg.eval.attack
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + epoch)
     batches = iterate_batches(ds.x_test, ds.y_test, cfg.eval.batch_size, shuffle=False, device=device)
-    return M.evaluate(model, batches, spec, targeted=cfg.eval.targeted if targeted is None else targeted,
-                      num_classes=ds.num_classes, device=device, generator=gen)
+    metrics = M.evaluate(model, batches, spec, targeted=cfg.eval.targeted if targeted is None else targeted,
+                         num_classes=ds.num_classes, device=device, generator=gen)
+    method = cfg.eval.certify if certify is None else certify
+    if method != "none":
+        batches = iterate_batches(ds.x_test, ds.y_test, cfg.eval.batch_size, shuffle=False, device=device)
+        try:
+            metrics.update(M.certified_risks(model, batches, eps=spec.eps, norm=spec.norm, method=method,
+                                             device=device))
+        except NotCertifiable as exc:
+            raise ConfigError(f"eval.certify: {exc}") from None
+    return metrics
 
 
 def convergence_metrics(cfg: TrialConfig, model: torch.nn.Module, ds: Dataset, device: torch.device,
@@ -101,8 +178,8 @@ def convergence_metrics(cfg: TrialConfig, model: torch.nn.Module, ds: Dataset, d
     settings += [("restarts", r, {"restarts": r}) for r in cfg.eval.restarts_grid]
     out: dict[str, float] = {}
     for kind, value, update in settings:
-        m = evaluate_model(cfg, model, ds, device, epoch=epoch, spec=base.model_copy(update=update).spec(),
-                           targeted=False)
+        m = evaluate_model(cfg, model, ds, device, epoch=epoch, spec=dataclasses.replace(base, **update),
+                           targeted=False, certify="none")
         out.update({M.at_setting(kind, value, name): m[name] for name in M.SETTING_METRICS})
     return out
 
@@ -116,6 +193,7 @@ def save_checkpoint(path: Path, cfg: TrialConfig, trainer: Trainer, ds: Dataset,
         "dataset": {"name": ds.name, "in_shape": list(ds.in_shape), "num_classes": ds.num_classes,
                     "mean": list(ds.mean), "std": list(ds.std)},
         "metrics": {k: float(v) for k, v in metrics.items()},
+        "provenance": provenance.of_trial(cfg.model_dump()),
     }
     path.mkdir(parents=True, exist_ok=True)
     tmp = path / (CHECKPOINT_FILE + ".tmp")
@@ -123,22 +201,57 @@ def save_checkpoint(path: Path, cfg: TrialConfig, trainer: Trainer, ds: Dataset,
     os.replace(tmp, path / CHECKPOINT_FILE)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: damaged, foreign or not matching its own config (one line)."""
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a checkpoint written by ``save_checkpoint`` (a directory or the file itself)."""
+    """Load a checkpoint written by ``save_checkpoint`` (a directory or the file itself).
+
+    ``weights_only=True``: a foreign pickle runs no code. A truncated, empty or foreign file, or one without
+    the fields hyporay writes, raises ``CheckpointError`` naming the file and what is wrong.
+    """
     p = Path(path)
     if p.is_dir():
         p = p / CHECKPOINT_FILE
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint: no {CHECKPOINT_FILE} at {path}")
-    return torch.load(p, map_location=map_location, weights_only=True)
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint: {p} is empty (an interrupted write?)")
+    try:
+        with warnings.catch_warnings():  # torch warns about a foreign pickle's protocol before refusing it
+            warnings.simplefilter("ignore")
+            state = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError/UnpicklingError/EOFError/... for bad files
+        text = " ".join(str(exc).split())
+        raise CheckpointError(f"checkpoint: {p} is damaged or not a hyporay checkpoint ({type(exc).__name__}: "
+                              f"{text[:90] + '...' if len(text) > 90 else text})") from None
+    missing = [k for k in ("format", "config", "trainer", "dataset", "metrics") if not isinstance(state, dict)
+               or k not in state]
+    if missing or not isinstance(state.get("trainer"), dict) or "model" not in state["trainer"]:
+        raise CheckpointError(f"checkpoint: {p} is not a hyporay checkpoint (missing "
+                              f"{', '.join(missing) or 'trainer.model'})")
+    state["_path"] = str(p)
+    return state
+
+
+def _saved_config(state: dict) -> TrialConfig:
+    try:
+        return load_config(state["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint: {state.get('_path', '?')}: its config is not valid here ({exc})") from None
 
 
 def model_from_checkpoint(state: dict, device="cpu") -> tuple[torch.nn.Module, TrialConfig]:
-    cfg = load_config(state["config"])
+    cfg = _saved_config(state)
     d = state["dataset"]
     model = build_model(cfg.model.name, in_shape=tuple(d["in_shape"]), num_classes=d["num_classes"],
                         mean=d["mean"], std=d["std"], **cfg.model.kwargs)
-    model.load_state_dict(state["trainer"]["model"])
+    try:
+        model.load_state_dict(state["trainer"]["model"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint: {state.get('_path', '?')}: its weights do not fit model "
+                              f"{cfg.model.name} ({str(exc).strip().splitlines()[0][:160]})") from None
     return model.to(device).eval(), cfg
 
 
@@ -168,25 +281,40 @@ def run_trial(config: TrialConfig | dict | str | Path, report: Report | None = N
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     ds = data if data is not None else load_trial_data(cfg)
-    x_train, y_train = training_set(cfg, ds, device)
-    model = make_model(cfg, ds)
-    trainer = make_trainer(cfg, model, device)
+    check_budget(cfg, ds.in_shape)
+    resumed = None
     if resume_from is not None:
-        trainer.load_state_dict(load_checkpoint(resume_from, map_location=device)["trainer"])
+        resumed = load_checkpoint(resume_from, map_location=device)
+        check_resumable(_saved_config(resumed), cfg)
+    x_train, y_train = training_set(cfg, ds, device)
+    if device.type == "cuda":  # GPU-first: the data sets live on the GPU (uint8 stays uint8), batched there
+        x_train, y_train, ds = place(x_train, device), place(y_train, device), ds.to(device, train=False)
+    model = make_model(cfg, ds)
+    check_certifiable(cfg, model, ds)
+    trainer = make_trainer(cfg, model, device)
+    if resumed is not None:
+        try:
+            trainer.load_state_dict(resumed["trainer"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint: {resumed['_path']}: cannot resume from it "
+                                  f"({str(exc).strip().splitlines()[0][:160]})") from None
     epochs = 0 if cfg.variant.name == "naive" else cfg.train.epochs  # Naive: never trained
     metrics: dict = {}
-    if trainer.epoch >= epochs and resume_from is not None:
-        state = load_checkpoint(resume_from)
-        return state["metrics"]
+    if trainer.epoch >= epochs and resumed is not None:
+        return resumed["metrics"]
     start = time.perf_counter()
     for epoch in range(trainer.epoch + 1 if epochs else 0, epochs + 1):
         stats = trainer.train_epoch(x_train, y_train) if epochs else {}
+        if stats and not math.isfinite(stats["train_loss"]):
+            raise Diverged(epoch, stats["train_loss"])
         if not _is_eval_epoch(epoch, cfg, epochs):
             if log:
                 log(_epoch_line(epoch, epochs, stats, None))
             continue
+        # the certified bound only for the final model (the one every result is about): bounds cost more than attacks
         metrics = {EPOCH: float(epoch), **stats,
-                   **evaluate_model(cfg, trainer.model, ds, device, epoch=epoch),
+                   **evaluate_model(cfg, trainer.model, ds, device, epoch=epoch,
+                                    certify=None if epoch == epochs else "none"),
                    "elapsed_seconds": time.perf_counter() - start}
         if epoch == epochs:  # the final evaluation: also the attack-convergence grids, in the last report
             metrics.update(convergence_metrics(cfg, trainer.model, ds, device, epoch=epoch))
@@ -196,10 +324,31 @@ def run_trial(config: TrialConfig | dict | str | Path, report: Report | None = N
     return metrics
 
 
+def _write_json(path: Path, obj: dict) -> None:
+    """Strict JSON (NaN/inf as null: a degenerate model's risks are not numbers), written atomically."""
+    def clean(v):
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({k: clean(v) for k, v in obj.items()}, indent=2, allow_nan=False))
+    os.replace(tmp, path)
+
+
+def write_diverged(out: str | Path, cfg: TrialConfig, exc: Diverged) -> None:
+    """metrics.json of a diverged trial: the fact and the epoch, no risk (they would not mean anything)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "metrics.json", {DIVERGED: 1.0, EPOCH: float(exc.epoch), "train_loss": exc.loss,
+                                       "provenance": provenance.of_trial(cfg.model_dump())})
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+
+
 def _checkpoint_and_report(cfg, trainer, ds, metrics, report, checkpoint_dir) -> None:
     if checkpoint_dir is not None:
         save_checkpoint(Path(checkpoint_dir), cfg, trainer, ds, metrics)
-        (Path(checkpoint_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        _write_json(Path(checkpoint_dir) / "metrics.json",
+                    {**metrics, "provenance": provenance.of_trial(cfg.model_dump())})
+        (Path(checkpoint_dir) / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     if report is None:
         return
     if checkpoint_dir is not None:
@@ -226,105 +375,3 @@ def _epoch_line(epoch: int, epochs: int, stats: dict, metrics: dict | None) -> s
         return head
     return (f"{head}  | D {_fmt(metrics[M.ACC_CLEAN])}  A {_fmt(metrics[M.ACC_ADV])}  "
             f"F {_fmt(metrics[M.ACC_HYP])}  R_hyp(D-) {_fmt(metrics[M.HYPOCRITICAL_RISK])}")
-
-
-# --- trustworthy evaluation (hyporay audit) -------------------------------------------------------------
-
-def train_surrogate(cfg: TrialConfig, ds: Dataset, *, seed: int | None = None, epochs: int = 10,
-                    model_name: str | None = None, device: str | None = None,
-                    log: Callable[[str], None] | None = None) -> torch.nn.Module:
-    """An independently trained surrogate for the audit's transfer check, trained by ``run_trial``.
-
-    Same data set and split as ``cfg`` (its clean training split: the strongest surrogate an attacker with
-    the data could build, also for substandard variants and for Naive, which has no training at all),
-    natural training, seed ``cfg.seed + 1`` unless given, ``epochs`` epochs, the trial's architecture
-    unless ``model_name`` names another. Returned in eval mode.
-    """
-    epochs = int(epochs)
-    if epochs < 1:
-        raise ValueError(f"surrogate epochs: must be >= 1, got {epochs}")
-    over: dict = {"name": f"{cfg.name}-surrogate", "seed": cfg.seed + 1 if seed is None else int(seed),
-                  "variant": {"name": "quality"},
-                  "train": {"trainer": "natural", "lam": 0.0, "epochs": epochs},
-                  # its own evaluation is not used: one cheap pass at the end
-                  "eval": {"every": epochs, "targeted": False, "steps_grid": [], "restarts_grid": [],
-                           "attack": {"steps": 1}}}
-    if device is not None:
-        over["device"] = device
-    if model_name is not None and model_name != cfg.model.name:
-        over["model"] = {"name": model_name, "kwargs": {}}
-    scfg = load_config(cfg.model_dump(), over)
-    with tempfile.TemporaryDirectory(prefix="hyporay-surrogate-") as d:
-        run_trial(scfg, data=ds, checkpoint_dir=d, log=log)
-        model, _ = model_from_checkpoint(load_checkpoint(d), resolve_device(scfg.device))
-    return model
-
-
-def audit_checkpoint(checkpoint: str | Path | dict, *, spec=None, tolerances=None, device: str = "auto",
-                     subset: int | None = None, surrogate: str | Path | torch.nn.Module | None = None,
-                     transfer: bool = True, surrogate_epochs: int = 10, surrogate_seed: int | None = None,
-                     surrogate_model: str | None = None, data: Dataset | None = None, seed: int = 0,
-                     log: Callable[[str], None] | None = None, **audit_kwargs):
-    """Run ``hyporay.audit.run_audit`` on a saved trial and its test split; returns the ``AuditReport``.
-
-    Args:
-        checkpoint: a checkpoint directory / ``checkpoint.pt`` (or its loaded state).
-        spec: the audited attack (default: the trial's eval attack).
-        subset: audit this many test examples (a fixed random subset drawn with ``seed``, sorted);
-            None: ``hyporay.audit.DEFAULT_SUBSET``; 0: the whole test split.
-        surrogate: a checkpoint (or model) to craft transfer examples on; None: train one with
-            ``train_surrogate`` (``surrogate_epochs``, ``surrogate_seed``, ``surrogate_model``).
-        transfer: False skips the transfer check (verdict "skipped") and trains no surrogate.
-        data: the trial's data set, if the caller has it already (a sweep); else ``load_trial_data``.
-        audit_kwargs: passed to ``run_audit`` (eps_multiples, steps_grid, restarts_grid, n_single, ...).
-    """
-    from hyporay.audit import DEFAULT_SUBSET, check_settings, run_audit
-    from hyporay.data import to_float
-
-    check_settings(**audit_kwargs)  # before any work (the surrogate's training)
-    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    dev = resolve_device(device)
-    model, cfg = model_from_checkpoint(state, dev)
-    spec = spec or cfg.eval.attack.spec()
-    ds = data if data is not None else load_trial_data(cfg)
-    n_test = len(ds.y_test)
-    subset = DEFAULT_SUBSET if subset is None else int(subset)
-    if subset < 0:
-        raise ValueError(f"subset: must be >= 0 (0 = the whole test split), got {subset}")
-    idx = torch.arange(n_test)
-    if 0 < subset < n_test:
-        idx = torch.randperm(n_test, generator=torch.Generator().manual_seed(seed))[:subset].sort().values
-    x, y = to_float(ds.x_test[idx]).to(dev), ds.y_test[idx].to(dev)
-
-    sur_info: dict = {"used": False}
-    sur_model = None
-    if transfer:
-        if isinstance(surrogate, torch.nn.Module):
-            sur_model, sur_info = surrogate.to(dev).eval(), {"used": True, "source": "given model"}
-        elif surrogate is not None:
-            s_state = load_checkpoint(surrogate)
-            want = {k: state["dataset"][k] for k in ("name", "in_shape", "num_classes")}
-            got = {k: s_state["dataset"][k] for k in ("name", "in_shape", "num_classes")}
-            if want != got:
-                raise ValueError(f"surrogate: {surrogate} was trained on {got}, the audited model on {want}")
-            sur_model, s_cfg = model_from_checkpoint(s_state, dev)
-            sur_info = {"used": True, "source": str(surrogate), "model": s_cfg.model.name, "seed": s_cfg.seed,
-                        "trainer": s_cfg.train.trainer}
-        else:
-            s_seed = cfg.seed + 1 if surrogate_seed is None else surrogate_seed
-            s_name = surrogate_model or cfg.model.name
-            if log:
-                log(f"training the surrogate: {s_name}, natural, seed {s_seed}, {surrogate_epochs} epochs")
-            sur_model = train_surrogate(cfg, ds, seed=s_seed, epochs=surrogate_epochs, model_name=s_name,
-                                        device=str(dev))
-            sur_info = {"used": True, "source": "trained", "model": s_name, "seed": s_seed, "trainer": "natural",
-                        "epochs": int(surrogate_epochs), "training_set": "clean (quality)"}
-    if log:
-        log(f"auditing {len(idx)} of {n_test} test examples: {spec.describe()}")
-    report = run_audit(model, x, y, spec=spec, surrogate=sur_model, tolerances=tolerances,
-                       batch_size=cfg.eval.batch_size, seed=seed, log=log,
-                       transfer_skip_reason="transfer check switched off (--no-transfer)", **audit_kwargs)
-    report.settings.update({"trial": cfg.name, "model": cfg.model.name,
-                            "trainer": cfg.train.trainer, "lam": cfg.train.lam, "dataset": ds.name,
-                            "test_examples": n_test, "subset": subset, "surrogate": sur_info})
-    return report

@@ -34,13 +34,24 @@ STABILITY_RISK = "stability_risk"              # R_sta(D)
 STABILITY_RISK_MISCLASSIFIED = "stability_risk_misclassified"  # R_sta(D-)
 N_EXAMPLES = "n_examples"
 N_MISCLASSIFIED = "n_misclassified"
+# A model whose clean logits are non-finite, or do not depend on the input at all (a diverged net whose ReLUs
+# all died outputs its last bias), is trivially "unconcealable" and "robust": its attack-based numbers mean
+# nothing. ``degenerate`` = 1 then, and those numbers are NaN (never shown as results).
+DEGENERATE = "degenerate"
+NONFINITE_LOGITS = "nonfinite_logits"          # test examples whose clean logits hold a NaN/inf
+PREDICTED_CLASSES = "predicted_classes"        # distinct clean predictions on the test set
 TARGETED_PREFIX = "targeted_success_"  # + label: success toward that label on D- (Fig. 3), see aggregate
 TARGETED_MEAN = "targeted_success_mean"        # mean over labels of the above
+# Certified UPPER bounds (hyporay.certify, eval.certify): the attack's risk is a lower bound, these bracket it
+HYPOCRITICAL_RISK_CERTIFIED_UPPER = "hypocritical_risk_certified_upper"  # 1 - #unconcealable / |D-| >= R_hyp(D-)
+ADVERSARIAL_RISK_CORRECT_CERTIFIED_UPPER = "adversarial_risk_correct_certified_upper"  # 1 - #robust / |D+|
+CERTIFIED_METRICS = (HYPOCRITICAL_RISK_CERTIFIED_UPPER, ADVERSARIAL_RISK_CORRECT_CERTIFIED_UPPER)
 
 RISK_METRICS = (NATURAL_RISK, ADVERSARIAL_RISK, ADVERSARIAL_RISK_CORRECT, HYPOCRITICAL_RISK_ALL,
                 HYPOCRITICAL_RISK, STABILITY_RISK, STABILITY_RISK_MISCLASSIFIED)
 ACCURACY_METRICS = (ACC_CLEAN, ACC_ADV, ACC_HYP)
-CORE_METRICS = ACCURACY_METRICS + RISK_METRICS + (N_EXAMPLES, N_MISCLASSIFIED)
+CORE_METRICS = ACCURACY_METRICS + RISK_METRICS + (N_EXAMPLES, N_MISCLASSIFIED, DEGENERATE)
+HEALTH_METRICS = (DEGENERATE, NONFINITE_LOGITS, PREDICTED_CLASSES)
 
 
 # Attack-convergence grids (eval.steps_grid / eval.restarts_grid): the final model re-evaluated with K steps
@@ -80,13 +91,14 @@ class PerExample:
     hyp_success: Tensor      # some witness x' with f(x') == y
     sta_success: Tensor      # some witness x' with f(x') != f(x)
     targeted: dict[int, Tensor] = field(default_factory=dict)  # label -> witness with f(x') == label
+    clean_logits: Tensor | None = None  # N x K float32 (degeneracy check); None: not recorded
 
     @property
     def correct(self) -> Tensor:
         return self.clean_pred == self.y
 
 
-def _mean(mask: Tensor, subset: Tensor | None = None) -> float:
+def share(mask: Tensor, subset: Tensor | None = None) -> float:
     """Exact share of True in ``mask`` (over ``subset``): integer counts, one float64 division."""
     if subset is not None:
         mask = mask[subset]
@@ -94,40 +106,82 @@ def _mean(mask: Tensor, subset: Tensor | None = None) -> float:
     return int(mask.sum()) / n if n else math.nan
 
 
+def degeneracy(clean_logits: Tensor) -> tuple[int, bool]:
+    """(examples with a non-finite clean logit, whether the logits are the same for every input).
+
+    ``clean_logits``: N x K. Input-independent means every row equals the first within 1e-6 of the logits'
+    scale: the function is constant, so no perturbation can change any prediction.
+    """
+    finite = torch.isfinite(clean_logits).all(1)
+    nonfinite = int((~finite).sum())
+    if nonfinite or len(clean_logits) < 2:
+        return nonfinite, False
+    spread = float((clean_logits - clean_logits[0]).abs().max())
+    return 0, spread <= 1e-6 * (1.0 + float(clean_logits.abs().max()))
+
+
 def aggregate(pe: PerExample) -> dict[str, float]:
-    """Turn per-example outcomes into the named metrics (exact subset values)."""
+    """Turn per-example outcomes into the named metrics (exact subset values).
+
+    A degenerate model (``degeneracy``: non-finite or input-independent clean logits) gets ``degenerate = 1``
+    and NaN for every attack-based number (and for D / R_nat too when its logits are non-finite).
+    """
     correct = pe.correct
     wrong = ~correct
     out = {
         N_EXAMPLES: float(correct.numel()),
         N_MISCLASSIFIED: float(wrong.sum()),
-        ACC_CLEAN: _mean(correct),
-        NATURAL_RISK: _mean(wrong),
-        ADVERSARIAL_RISK: _mean(pe.adv_success),
-        ADVERSARIAL_RISK_CORRECT: _mean(pe.adv_success, correct),
-        HYPOCRITICAL_RISK_ALL: _mean(pe.hyp_success),
-        HYPOCRITICAL_RISK: _mean(pe.hyp_success, wrong),
-        STABILITY_RISK: _mean(pe.sta_success),
-        STABILITY_RISK_MISCLASSIFIED: _mean(pe.sta_success, wrong),
+        ACC_CLEAN: share(correct),
+        NATURAL_RISK: share(wrong),
+        ADVERSARIAL_RISK: share(pe.adv_success),
+        ADVERSARIAL_RISK_CORRECT: share(pe.adv_success, correct),
+        HYPOCRITICAL_RISK_ALL: share(pe.hyp_success),
+        HYPOCRITICAL_RISK: share(pe.hyp_success, wrong),
+        STABILITY_RISK: share(pe.sta_success),
+        STABILITY_RISK_MISCLASSIFIED: share(pe.sta_success, wrong),
     }
-    out[ACC_ADV] = _mean(~pe.adv_success)
+    out[ACC_ADV] = share(~pe.adv_success)
     out[ACC_HYP] = out[HYPOCRITICAL_RISK_ALL]
     rates = []
     for label, succ in sorted(pe.targeted.items()):
         # Fig. 3: among misclassified points that the attack must move to the label (neither their
         # true label nor their clean prediction is the target), the share it reaches.
-        rate = _mean(succ, wrong & (pe.y != label) & (pe.clean_pred != label))
+        rate = share(succ, wrong & (pe.y != label) & (pe.clean_pred != label))
         out[targeted_metric(label)] = rate
         if not math.isnan(rate):
             rates.append(rate)
     if pe.targeted:
         out[TARGETED_MEAN] = sum(rates) / len(rates) if rates else math.nan
+    out[PREDICTED_CLASSES] = float(len(torch.unique(pe.clean_pred)))
+    out[DEGENERATE] = 0.0
+    if pe.clean_logits is not None:
+        nonfinite, constant = degeneracy(pe.clean_logits)
+        out[NONFINITE_LOGITS] = float(nonfinite)
+        if nonfinite or constant:
+            kept = {N_EXAMPLES, PREDICTED_CLASSES, NONFINITE_LOGITS}
+            if not nonfinite:  # a constant function still has a well-defined clean error
+                kept |= {ACC_CLEAN, NATURAL_RISK, N_MISCLASSIFIED}
+            out = {k: (v if k in kept else math.nan) for k, v in out.items()}
+            out[DEGENERATE] = 1.0
     return out
+
+
+def meaningful(metrics: dict) -> bool:
+    """Whether a trial's risks are results: not degenerate and R_nat/R_hyp(D-) present (a model without mistakes
+    has R_hyp(D-) = NaN: nothing to conceal, and no point on the natural-vs-hypocritical plane either)."""
+    return not metrics.get(DEGENERATE) and all(
+        isinstance(metrics.get(k), (int, float)) and not math.isnan(float(metrics[k]))
+        for k in (NATURAL_RISK, HYPOCRITICAL_RISK))
 
 
 @torch.no_grad()
 def _predict(model: nn.Module, x: Tensor) -> Tensor:
     return model(x).argmax(1)
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, x: Tensor) -> Tensor:
+    return model(x).float()
 
 
 def evaluate_batch(model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec, *,
@@ -140,7 +194,8 @@ def evaluate_batch(model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec, *,
     by definition (x itself is a witness), so attacking them would not change any metric.
     """
     with frozen_eval(model):
-        clean_pred = _predict(model, x)
+        clean_logits = _logits(model, x)
+        clean_pred = clean_logits.argmax(1)
         correct = clean_pred == y
         wrong_idx = (~correct).nonzero().flatten()
 
@@ -175,7 +230,8 @@ def evaluate_batch(model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec, *,
     hyp_success = (stacked == y).any(0)
     sta_success = (stacked != clean_pred).any(0)
     return PerExample(y=y.cpu(), clean_pred=clean_pred.cpu(), adv_success=adv_success.cpu(),
-                      hyp_success=hyp_success.cpu(), sta_success=sta_success.cpu(), targeted=tgt)
+                      hyp_success=hyp_success.cpu(), sta_success=sta_success.cpu(), targeted=tgt,
+                      clean_logits=clean_logits.cpu())
 
 
 def _target_labels(targeted: bool | Iterable[int], num_classes: int | None) -> list[int]:
@@ -197,6 +253,8 @@ def _concat(parts: list[PerExample]) -> PerExample:
         hyp_success=torch.cat([p.hyp_success for p in parts]),
         sta_success=torch.cat([p.sta_success for p in parts]),
         targeted={k: torch.cat([p.targeted[k] for p in parts]) for k in labels},
+        clean_logits=None if any(p.clean_logits is None for p in parts)
+        else torch.cat([p.clean_logits for p in parts]),
     )
 
 
@@ -223,3 +281,30 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], spec: A
     pe = _concat(parts)
     metrics = aggregate(pe)
     return (metrics, pe) if return_per_example else metrics
+
+
+def certified_risks(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *, eps: float, norm: str = "linf",
+                    method: str = "crown", device: torch.device | str | None = None) -> dict[str, float]:
+    """Certified upper bounds of R_hyp(D-) and R_adv(D+) over ``batches`` of (x in [0,1], y) (hyporay.certify).
+
+    ``HYPOCRITICAL_RISK_CERTIFIED_UPPER`` = 1 - (#misclassified points certified unconcealable) / |D-| and
+    ``ADVERSARIAL_RISK_CORRECT_CERTIFIED_UPPER`` = 1 - (#correct points certified robust) / |D+| (NaN for an
+    empty subset), at radius ``eps`` (pixel units) in ``norm`` with ``method`` ("ibp", "crown-ibp", "crown").
+    Every attack's R_hyp(D-) / R_adv(D+) on the same points is <= these. The model is left as found.
+    """
+    from hyporay.certify import certify
+
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    correct, unconcealable, robust = [], [], []
+    for x, y in batches:
+        cert = certify(model, x.to(device), y.to(device), eps=eps, norm=norm, method=method)
+        correct.append(cert.correct.cpu())
+        unconcealable.append(cert.unconcealable.cpu())
+        robust.append(cert.robust.cpu())
+    if not correct:
+        raise ValueError("batches: no examples to certify")
+    correct_t = torch.cat(correct)
+    return {HYPOCRITICAL_RISK_CERTIFIED_UPPER: 1.0 - share(torch.cat(unconcealable), ~correct_t),
+            ADVERSARIAL_RISK_CORRECT_CERTIFIED_UPPER: 1.0 - share(torch.cat(robust), correct_t)}

@@ -16,8 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install too
 
-from hyporay.sweep import Axis, SweepDefinition, main  # noqa: E402
-from hyporay.sweep.reports import convergence_report  # noqa: E402
+from hyporay.engine import Axis, SweepDefinition, main  # noqa: E402
 
 SWEEP = SweepDefinition(
     name="attack_steps",
@@ -25,7 +24,7 @@ SWEEP = SweepDefinition(
     axes=[Axis("train.trainer", ["natural", "pgd_at", "trades", "thrm"], "--trainers", str, "trainers")],
     defaults={"train.lam": 6, "eval.steps_grid": [1, 10, 100, 1000], "eval.restarts_grid": [1, 5, 10]},
     frontier=False,
-    after=convergence_report,
+    after="hyporay.analysis.reports:convergence_hook",
 )
 
 if __name__ == "__main__":

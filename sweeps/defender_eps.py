@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install too
 
-from hyporay.sweep import Axis, SweepDefinition, main  # noqa: E402
+from hyporay.engine import Axis, SweepDefinition, main  # noqa: E402
 
 SWEEP = SweepDefinition(
     name="defender_eps",

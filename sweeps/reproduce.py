@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install too
 
-from hyporay.sweep import Axis, SweepDefinition, main
-from hyporay.sweep.reproduction import grid, options, report
+from hyporay.engine import Axis, SweepDefinition, main
+from hyporay.paper.grid import options
 
 SWEEP = SweepDefinition(
     name="reproduce",
@@ -34,10 +34,10 @@ SWEEP = SweepDefinition(
              "training sets of Tables 1-2"),
     ],
     frontier=False,   # the report draws Fig. 4 from its own part of the trials
-    grid=grid,
+    grid="hyporay.paper.grid:grid",
     options=options,
     seeds={"local": 3},
-    after=report,
+    after="hyporay.paper.report:report",
 )
 
 if __name__ == "__main__":

@@ -13,8 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install too
 
-from hyporay.sweep import Axis, SweepDefinition, main  # noqa: E402
-from hyporay.sweep.reports import substandard_report  # noqa: E402
+from hyporay.engine import Axis, SweepDefinition, main  # noqa: E402
 
 SWEEP = SweepDefinition(
     name="substandard",
@@ -26,7 +25,7 @@ SWEEP = SweepDefinition(
     ],
     defaults={"train.trainer": "natural"},
     frontier=False,
-    after=substandard_report,
+    after="hyporay.analysis.reports:substandard_hook",
 )
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ from torch import nn
 
 
 def sweep_env() -> dict:
-    """Environment for sweep subprocesses: local Ray on 127.0.0.1 and the local SQLite store, whatever the
-    developer's shell exports (a cluster address, a tracking server, remote storage)."""
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1")
-    for var in ("MLFLOW_TRACKING_URI", "HYPORAY_STORAGE_PATH", "RAY_ADDRESS"):
+    """Environment for sweep subprocesses: a local Ray and the local SQLite store, whatever the developer's shell
+    exports (a cluster address, a tracking server, remote storage). RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER is removed
+    too: binding the local Ray to 127.0.0.1 is the sweep's own job, as on a user's machine."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MLFLOW_DISABLE_TELEMETRY="true",
+               DO_NOT_TRACK="1")
+    for var in ("MLFLOW_TRACKING_URI", "HYPORAY_STORAGE_PATH", "RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
         env.pop(var, None)
     return env
 
@@ -39,3 +40,63 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: flo
             opt.step()
     opt.zero_grad(set_to_none=True)
     return model.eval()
+
+
+def process_tree(root: int) -> set[int]:
+    """``root`` and every live descendant (from /proc/<pid>/stat's parent ids)."""
+    parent: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            parent[int(d)] = int(stat.rsplit(")", 1)[1].split()[1])
+    tree, frontier = {root}, [root]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parent.items() if pp == p and c not in tree]
+        tree.update(kids)
+        frontier += kids
+    return tree
+
+
+def _hex_addr(h: str) -> str:
+    import ipaddress
+
+    raw = bytes.fromhex(h)
+    if len(raw) == 4:
+        return str(ipaddress.IPv4Address(raw[::-1]))
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+    return str(ipaddress.IPv6Address(words))
+
+
+def listening_sockets(pids: set[int]) -> list[tuple[str, int, int]]:
+    """(address, port, pid) of every TCP socket in LISTEN state held by one of ``pids`` (from /proc, no tools)."""
+    inode_pid: dict[str, int] = {}
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if link.startswith("socket:["):
+                    inode_pid[link[8:-1]] = pid
+        except OSError:
+            continue
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if cols[3] != "0A" or cols[9] not in inode_pid:  # 0A: LISTEN
+                continue
+            addr, port = cols[1].split(":")
+            out.append((_hex_addr(addr), int(port, 16), inode_pid[cols[9]]))
+    return out

@@ -427,11 +427,13 @@ def test_attack_spec_reports_its_threat_model():
     from hyporay.attacks import AttackSpec
 
     spec = AttackSpec(norm="linf", eps=8 / 255, steps=20, restarts=2)
-    assert spec.describe() == "linf eps=0.03137 (8/255) steps=20 step=0.007843 restarts=2 start=auto"
+    assert spec.describe() == ("linf eps=0.03137 (8/255) steps=20 step=0.007843 restarts=2 start=auto method=pgd "
+                               "score=ce")
     best = AttackSpec(norm="l2", eps=0.2, steps=10, step_size=0.1, best_iterate=True, random_start="none")
-    assert best.describe() == "l2 eps=0.2 (51/255) steps=10 step=0.1 restarts=1 start=none best-iterate"
+    assert best.describe() == ("l2 eps=0.2 (51/255) steps=10 step=0.1 restarts=1 start=none best-iterate method=pgd "
+                               "score=ce")
     assert spec.as_dict() == {"norm": "linf", "eps": 8 / 255, "steps": 20, "step_size": 2 / 255, "restarts": 2,
-                              "random_start": "auto", "best_iterate": False}
+                              "random_start": "auto", "best_iterate": False, "method": "pgd", "score": "ce"}
 
 
 def test_attack_spec_validates_on_construction():

@@ -219,7 +219,7 @@ def test_theorem_checks_flag_inconsistent_metrics():
     """Guards theorem_4_4 and theorem_4_5 (either turned into a constant pass fails here): metrics that obey
     the identities pass; R_hyp(D) off by one example, R_sta(D) off by one example, or R_sta(D-) < R_hyp(D-)
     (a hypocritical witness that the stability risk did not count) each flag."""
-    from hyporay.audit import _check_theorems
+    from hyporay.audit.model_checks import check_theorems as _check_theorems
 
     def rows(m):
         return {r.check: r.verdict for r in _check_theorems(m, Tolerances().identity)}

@@ -1,4 +1,4 @@
-"""The reproduction's claim verdicts (hyporay/sweep/reproduction.py ``claim1`` ... ``claim5``) on hand-made rows.
+"""The reproduction's claim verdicts (hyporay/paper/claims.py ``claim1`` ... ``claim5``) on hand-made rows.
 
 Each rule is driven to every verdict it has (shown / partly shown / not shown / inconclusive), and across its
 threshold by a change of one number, so a verdict that is hard-coded, a rule with a flipped comparison or a
@@ -8,7 +8,8 @@ plus final metrics.
 from __future__ import annotations
 
 from hyporay import metrics as M
-from hyporay.sweep import reproduction as R
+from hyporay.paper import claims as R
+from hyporay.paper.grid import T3_VARIANTS
 
 NB = 300  # bootstrap / permutation resamples: plenty for the clear-cut cases below
 
@@ -51,7 +52,7 @@ def test_claim2_verdicts():
     some do, not shown when none do; inconclusive with one seed or a missing comparison."""
     nt = [0.95, 0.97, 0.96]
     below = [0.60, 0.65, 0.62]
-    rows = {(v, t): (nt if t == "natural" else below) for v in R.T3_VARIANTS for t in ("natural", "pgd_at", "trades")}
+    rows = {(v, t): (nt if t == "natural" else below) for v in T3_VARIANTS for t in ("natural", "pgd_at", "trades")}
     c = R.claim2(_t3(rows), n_boot=NB)
     assert c["verdict"] == "shown" and len(c["comparisons"]) == 4
     assert all(x["high"] < 0 for x in c["comparisons"])

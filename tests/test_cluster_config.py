@@ -11,7 +11,7 @@ import pytest
 import ray
 import yaml
 
-from hyporay.cluster_config import check
+from hyporay.cluster.validate import check
 
 ROOT = Path(__file__).resolve().parent.parent
 AWS = yaml.safe_load((ROOT / "cluster.yaml").read_text())
@@ -89,7 +89,31 @@ BROKEN = {
                          "Ray's prepare_config failed: NotImplementedError: Unsupported node provider: awz"),
     "public MLflow port": (AWS, lambda c: c["provider"].update(security_group={"IpPermissions": [
         {"FromPort": 5000, "ToPort": 5000, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]}),
-        "provider.security_group.IpPermissions: port 5000 is open to the internet"),
+        "provider.security_group.IpPermissions: port 5000 is open to public addresses (0.0.0.0/0)"),
+    "MLflow port open to the internet in two halves": (AWS, lambda c: c["provider"].update(security_group={
+        "IpPermissions": [{"FromPort": 5000, "ToPort": 5000, "IpProtocol": "tcp",
+                           "IpRanges": [{"CidrIp": "0.0.0.0/1"}, {"CidrIp": "128.0.0.0/1"}]}]}),
+        "port 5000 is open to public addresses (0.0.0.0/1, 128.0.0.0/1)"),
+    "every TCP port open to a public block": (AWS, lambda c: c["provider"].update(security_group={
+        "IpPermissions": [{"FromPort": 0, "ToPort": 65535, "IpProtocol": "tcp",
+                           "IpRanges": [{"CidrIp": "8.0.0.0/5"}]}]}),
+        "port 0-65535 is open to public addresses (8.0.0.0/5)"),
+    "every protocol open to a public IPv6 block": (AWS, lambda c: c["provider"].update(security_group={
+        "IpPermissions": [{"IpProtocol": "-1", "Ipv6Ranges": [{"CidrIpv6": "2000::/3"}]}]}),
+        "port 0-65535 is open to public addresses (2000::/3)"),
+    "a block reaching past the private range": (AWS, lambda c: c["provider"].update(security_group={
+        "IpPermissions": [{"FromPort": 8265, "ToPort": 8265, "IpProtocol": "tcp",
+                           "IpRanges": [{"CidrIp": "172.0.0.0/8"}]}]}),
+        "port 8265 is open to public addresses (172.0.0.0/8)"),
+    "dashboard on every interface": (AWS, lambda c: c.update(head_start_ray_commands=[
+        x.replace("--dashboard-host=127.0.0.1", "--dashboard-host=0.0.0.0") for x in c["head_start_ray_commands"]]),
+        "head_start_ray_commands: --dashboard-host=0.0.0.0 binds the Ray dashboard"),
+    "MLflow on every interface": (LOCAL, lambda c: c.update(head_start_ray_commands=[
+        x.replace("--host $IP", "--host 0.0.0.0") for x in c["head_start_ray_commands"]]),
+        "mlflow: the server binds 0.0.0.0 (every interface)"),
+    "MLflow's extra bind on every interface": (AWS, lambda c: c.update(head_start_ray_commands=[
+        x.replace("--bind 127.0.0.1:5000", "--bind 0.0.0.0:5000") for x in c["head_start_ray_commands"]]),
+        "mlflow: --bind 0.0.0.0:5000 binds every interface"),
     "workers without S3 access": (AWS, lambda c: c["available_node_types"]["gpu-4x"]["node_config"].pop(
         "IamInstanceProfile"), "available_node_types.gpu-4x.node_config: no IamInstanceProfile"),
     "Ray's default AMI": (AWS, lambda c: c["available_node_types"]["gpu-1x"]["node_config"].pop("ImageId"),
@@ -97,7 +121,7 @@ BROKEN = {
     "no MLflow server": (AWS, lambda c: c.update(head_start_ray_commands=c["head_start_ray_commands"][:2]),
                          "mlflow: no `mlflow server` is started"),
     "MLflow on loopback": (AWS, lambda c: c.update(head_start_ray_commands=[
-        x.replace("--host 0.0.0.0", "--host 127.0.0.1") for x in c["head_start_ray_commands"]]),
+        x.replace("--host $IP", "--host 127.0.0.1") for x in c["head_start_ray_commands"]]),
         "mlflow: the server binds 127.0.0.1"),
     "head does not join the cluster": (AWS, lambda c: c.update(head_setup_commands=c["head_setup_commands"][:1]),
                                        "head_setup_commands: RAY_ADDRESS is not exported on the head"),
@@ -148,3 +172,23 @@ def test_cli_exit_status_and_lines(tmp_path):
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     r = hyporay(tmp_path / "list.yaml", cwd=tmp_path)
     assert r.returncode == 1 and "holds a list, not a cluster config mapping" in r.stderr
+
+
+@pytest.mark.parametrize("cidr,public", [
+    ("0.0.0.0/0", True), ("0.0.0.0/1", True), ("128.0.0.0/1", True), ("8.0.0.0/5", True), ("1.2.3.4/32", True),
+    ("172.0.0.0/8", True), ("::/0", True), ("not-a-cidr", True),
+    ("10.0.0.0/8", False), ("10.1.2.0/24", False), ("172.16.0.0/12", False), ("192.168.0.0/16", False),
+    ("100.64.0.0/10", False), ("fd00::/8", False), ("127.0.0.1/32", False)])
+def test_cidrs_are_reasoned_about_not_matched(cidr, public):
+    from hyporay.cluster.rules import admits_public
+
+    assert admits_public(cidr) is public
+
+
+def test_ports_open_to_the_cluster_subnet_only_are_fine():
+    cfg = copy.deepcopy(AWS)
+    cfg["provider"]["security_group"] = {"IpPermissions": [
+        {"FromPort": 0, "ToPort": 65535, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "10.0.0.0/16"}]},
+        {"FromPort": 22, "ToPort": 22, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]}
+    r = check(cfg, "ok.yaml")
+    assert not any("security_group" in p for p in r.problems), r.problems

@@ -273,7 +273,8 @@ def test_register_dataset_with_user_tensors(registry) -> None:
         (lambda t: (t[0], t[1], t[2][:, :1], *t[3:]), "x_train images are (2, 5, 5) but x_test images are (1, 5, 5)"),
         (lambda t: (t[0].masked_fill(t[0] > 0.5, float("nan")), *t[1:]), "x_train contains NaN"),
         (lambda t: (*t[:4], 0), "num_classes must be a positive integer"),
-        (lambda t: t[:4], "must return a Dataset or (x_train, y_train, x_test, y_test, num_classes)"),
+        (lambda t: t[:4], "must return a Dataset or (x_train, y_train, x_test, y_test, num_classes[, mean, std])"),
+        (lambda t: (*t, None, (0.5,)), "give both mean and std, or neither"),
     ],
 )
 def test_register_dataset_rejects_bad_input_with_one_line(registry, mutate, needle: str) -> None:
@@ -349,3 +350,24 @@ def test_random_crop_flip_is_a_per_example_padded_crop_or_mirror() -> None:
     assert torch.equal(out, random_crop_flip(x, padding=2, generator=torch.Generator().manual_seed(0)))
     same = random_crop_flip(x, padding=0)
     assert all(torch.equal(same[n], x[n]) or torch.equal(same[n], x[n].flip(-1)) for n in range(len(x)))
+
+
+def test_feature_vectors_and_the_loaders_own_normalisation():
+    """N x D features are kept as N x 1 x 1 x D (the mlp takes them as they are); a loader's mean/std is kept, and
+    (None, None) means no normalisation, never silently replaced by statistics of the data."""
+    from hyporay.data import load_dataset, register_dataset
+    from hyporay.models import build_model
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(60, 7, generator=g), torch.randint(0, 2, (60,), generator=g)
+    register_dataset("t_features", lambda: (x[:40], y[:40], x[40:], y[40:], 2))
+    register_dataset("t_own_stats", lambda: (x[:40], y[:40], x[40:], y[40:], 2, [0.25], [2.0]))
+    register_dataset("t_no_stats", lambda: (x[:40], y[:40], x[40:], y[40:], 2, None, None))
+    ds = load_dataset("t_features")
+    assert ds.in_shape == (1, 1, 7) and torch.equal(ds.x_test.flatten(1), x[40:])
+    assert ds.mean[0] == pytest.approx(float(x[:40].mean()), abs=1e-6)
+    assert load_dataset("t_own_stats").mean == (0.25,) and load_dataset("t_own_stats").std == (2.0,)
+    none = load_dataset("t_no_stats")
+    assert none.mean == (0.0,) and none.std == (1.0,)
+    m = build_model("mlp", in_shape=none.in_shape, num_classes=2, mean=none.mean, std=none.std)
+    assert m(none.x_test).shape == (20, 2)

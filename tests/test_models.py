@@ -99,7 +99,7 @@ def test_unknown_model_names_the_known_ones() -> None:
     with pytest.raises(ValueError) as err:
         build_model("xyz", in_shape=(1, 8, 8), num_classes=10, mean=[0.0], std=[1.0])
     assert str(err.value) == f"model: unknown 'xyz'; known: {', '.join(list_models())}"
-    assert "cnn, mlp, resnet18, vgg16, wrn28_10" in str(err.value)
+    assert "cnn, linf_dist, mlp, resnet18, vgg16, wrn28_10" in str(err.value)
 
 
 @pytest.mark.parametrize(

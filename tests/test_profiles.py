@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from hyporay.sweep.cluster import ClusterInfo, trial_resources
-from hyporay.sweep.engine import choose_profile
+from hyporay.cluster.resources import ClusterInfo, trial_resources
+from hyporay.engine.definition import choose_profile
 
 
 def _info(cpus=8.0, gpus=0.0, max_node_cpus=8.0, max_node_gpus=0.0, nodes=1, address="local"):

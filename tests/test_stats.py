@@ -1,4 +1,4 @@
-"""hyporay.sweep.stats on hand-made inputs with known answers."""
+"""hyporay.analysis.stats on hand-made inputs with known answers."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from hyporay.sweep import stats as S
+from hyporay.analysis import stats as S
 
 
 def test_hypervolume_single_point():
@@ -36,9 +36,12 @@ def test_nondominated_sorted_by_x():
     assert f.tolist() == [[0.1, 0.8], [0.3, 0.5], [0.6, 0.2]]
 
 
-def test_rankdata_average_ties():
-    assert S.rankdata([10, 20, 20, 5]).tolist() == [2.0, 3.5, 3.5, 1.0]
-    assert S.rankdata([1, 1, 1]).tolist() == [2.0, 2.0, 2.0]
+def test_pareto_mask_known_answers():
+    pts = [(0.1, 0.9), (0.2, 0.5), (0.3, 0.6), (0.5, 0.1), (0.2, 0.5), (0.5, 0.2), (float("nan"), 0.0)]
+    # (0.3, 0.6) is dominated by (0.2, 0.5); (0.5, 0.2) by (0.5, 0.1) (equal x, lower y); equal points do not
+    # dominate each other; a NaN point is never optimal and dominates nothing
+    assert S.pareto_mask(pts).tolist() == [True, True, False, True, True, False, False]
+    assert S.pareto_mask([]).tolist() == []
 
 
 def test_spearman_known_values():

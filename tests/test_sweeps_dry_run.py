@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hyporay.sweep import main
+from hyporay.engine import main
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = ROOT / "sweeps"
@@ -21,8 +21,8 @@ SWEEPS = ROOT / "sweeps"
 # trials = product of the axes' values x seeds (local: 3 seeds, paper: 1), from sweeps/configs/*.yaml and the
 # scripts' fixed axes
 EXPECTED = {
-    ("thrm_lambda", "local"): 2 * 9 * 3,      # trainers (trades, thrm) x 9 lambdas
-    ("thrm_lambda", "paper"): 2 * 9,
+    ("thrm_lambda", "local"): (2 * 8 + 1) * 3,  # trainers (trades, thrm) x 8 lambdas > 0, and λ = 0 once
+    ("thrm_lambda", "paper"): 2 * 8 + 1,        # (λ = 0 is natural training for both: shared by their curves)
     ("defender_eps", "local"): 3 * 5 * 3,     # pgd_at, trades, thrm x 5 training eps (x lambda 6)
     ("defender_eps", "paper"): 3 * 6,         # x 6 training eps (0..16/255)
     ("attack_steps", "local"): 4 * 3,         # natural, pgd_at, trades, thrm

@@ -219,13 +219,15 @@ def test_quantize_in_ball_rounds_and_rechecks_the_ball():
 @pytest.fixture()
 def count_trainers(monkeypatch):
     calls = []
-    real = V.Trainer
+    import hyporay.variants.delusive as delusive
+
+    real = delusive.Trainer
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(V, "Trainer", counting)
+    monkeypatch.setattr(delusive, "Trainer", counting)
     return calls
 
 
@@ -299,15 +301,16 @@ CONCURRENT_SPEC = VariantSpec("poisoning", method="p3", eps=0.3, steps=10, sourc
 def _concurrent_worker(ds, cache_dir: str, marker_dir: str, out: str, barrier) -> None:
     torch.set_num_threads(1)
     import hyporay.variants as variants
+    import hyporay.variants.build as build
 
-    real = variants._generate
+    real = build._generate
 
     def marked(*args, **kwargs):
         Path(marker_dir, f"computed-{os.getpid()}").write_text("1")
         time.sleep(1.0)  # widen the window in which the others arrive
         return real(*args, **kwargs)
 
-    variants._generate = marked
+    build._generate = marked
     barrier.wait(timeout=120)
     x, y = variants.build_training_set(ds, CONCURRENT_SPEC, seed=0, cache_dir=cache_dir)
     torch.save({"x": x, "y": y}, out)

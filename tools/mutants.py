@@ -63,9 +63,9 @@ def _m(name, path, old, new, tests, k=None):
     return Mutation(name, path, old, new, tuple(tests), k)
 
 
-OBJ, PGD, THR, LOSS, MET, AUD = ("hyporay/attacks/objectives.py", "hyporay/attacks/pgd.py",
-                                 "hyporay/attacks/threat.py", "hyporay/trainers/losses.py", "hyporay/metrics.py",
-                                 "hyporay/audit.py")
+OBJ, PGD, THR, LOSS, MET = ("hyporay/attacks/objectives.py", "hyporay/attacks/pgd.py", "hyporay/attacks/threat.py",
+                            "hyporay/trainers/losses.py", "hyporay/metrics.py")
+AUA, AUM = "hyporay/audit/attack_checks.py", "hyporay/audit/model_checks.py"
 
 NAMED: list[Mutation] = [
     # --- objectives: the sign of each score, each success test ---------------------------------------------
@@ -151,16 +151,16 @@ NAMED: list[Mutation] = [
     _m("λ = 0 shortcut taken always", LOSS, "if ctx.lam == 0:", "if True:", [T]),
     _m("concat forward ignored", LOSS, "    if concat:", "    if True:", [T]),
     # --- metrics: subsets, witnesses, which attack feeds which risk -------------------------------------------
-    _m("R_hyp(D-) on D+", MET, "HYPOCRITICAL_RISK: _mean(pe.hyp_success, wrong)",
-       "HYPOCRITICAL_RISK: _mean(pe.hyp_success, correct)", [M]),
-    _m("R_hyp(D-) on D", MET, "HYPOCRITICAL_RISK: _mean(pe.hyp_success, wrong)",
-       "HYPOCRITICAL_RISK: _mean(pe.hyp_success)", [M]),
-    _m("R_adv(D+) on D-", MET, "ADVERSARIAL_RISK_CORRECT: _mean(pe.adv_success, correct)",
-       "ADVERSARIAL_RISK_CORRECT: _mean(pe.adv_success, wrong)", [M]),
-    _m("R_sta(D-) on D", MET, "STABILITY_RISK_MISCLASSIFIED: _mean(pe.sta_success, wrong)",
-       "STABILITY_RISK_MISCLASSIFIED: _mean(pe.sta_success)", [M]),
-    _m("R_hyp(D-) by the (F-D)/(1-D) shortcut", MET, "    out[ACC_ADV] = _mean(~pe.adv_success)\n",
-       "    out[ACC_ADV] = _mean(~pe.adv_success)\n    out[HYPOCRITICAL_RISK] = (out[HYPOCRITICAL_RISK_ALL] - "
+    _m("R_hyp(D-) on D+", MET, "HYPOCRITICAL_RISK: share(pe.hyp_success, wrong)",
+       "HYPOCRITICAL_RISK: share(pe.hyp_success, correct)", [M]),
+    _m("R_hyp(D-) on D", MET, "HYPOCRITICAL_RISK: share(pe.hyp_success, wrong)",
+       "HYPOCRITICAL_RISK: share(pe.hyp_success)", [M]),
+    _m("R_adv(D+) on D-", MET, "ADVERSARIAL_RISK_CORRECT: share(pe.adv_success, correct)",
+       "ADVERSARIAL_RISK_CORRECT: share(pe.adv_success, wrong)", [M]),
+    _m("R_sta(D-) on D", MET, "STABILITY_RISK_MISCLASSIFIED: share(pe.sta_success, wrong)",
+       "STABILITY_RISK_MISCLASSIFIED: share(pe.sta_success)", [M]),
+    _m("R_hyp(D-) by the (F-D)/(1-D) shortcut", MET, "    out[ACC_ADV] = share(~pe.adv_success)\n",
+       "    out[ACC_ADV] = share(~pe.adv_success)\n    out[HYPOCRITICAL_RISK] = (out[HYPOCRITICAL_RISK_ALL] - "
        "out[ACC_CLEAN]) / (1 - out[ACC_CLEAN]) if out[ACC_CLEAN] < 1 else math.nan\n", [M]),
     _m("stability risk against y instead of f(x)", MET, "sta_success = (stacked != clean_pred).any(0)",
        "sta_success = (stacked != y).any(0)", [M]),
@@ -175,37 +175,46 @@ NAMED: list[Mutation] = [
        "wrong & (pe.y != label) & (pe.clean_pred != label)", "wrong & (pe.y != label)", [M]),
     _m("targeted attack not run", MET, "hit[wrong_idx] |= _predict(", "hit[wrong_idx] &= _predict(", [M]),
     # --- the audit: every check turned into a constant pass ----------------------------------------------------
-    _m("audit eps0_clean always passes", AUD, "return CheckResult(CHECK_EPS0, figure, FLAG if bad else PASS,",
+    _m("audit eps0_clean always passes", AUA, "return CheckResult(CHECK_EPS0, figure, FLAG if bad else PASS,",
        "return CheckResult(CHECK_EPS0, figure, PASS,", [AU], FAST_DESELECT),
-    _m("audit batch_independence always passes", AUD, "    if worst > tol:\n", "    if False:\n", [AU],
+    _m("audit batch_independence always passes", AUM, "    if worst > tol:\n", "    if False:\n", [AU],
        FAST_DESELECT),
-    _m("audit state_unchanged always passes", AUD, "    if changed or modes or grads:", "    if False:", [AU],
+    _m("audit state_unchanged always passes", AUM, "    if changed or modes or grads:", "    if False:", [AU],
        FAST_DESELECT),
-    _m("audit curve/adversarial always passes", AUD, 'rows.append(CheckResult(f"{CHECK_CURVE}/{ADV}", f"A: {fig}", '
+    _m("audit curve/adversarial always passes", AUA, 'rows.append(CheckResult(f"{CHECK_CURVE}/{ADV}", f"A: {fig}", '
        'FLAG if bad else PASS,', 'rows.append(CheckResult(f"{CHECK_CURVE}/{ADV}", f"A: {fig}", PASS,', [AU],
        FAST_DESELECT),
-    _m("audit curve/hypocritical always passes", AUD, 'rows.append(CheckResult(f"{CHECK_CURVE}/{HYP}", f"F: {fig}", '
+    _m("audit curve/hypocritical always passes", AUA, 'rows.append(CheckResult(f"{CHECK_CURVE}/{HYP}", f"F: {fig}", '
        'FLAG if bad else PASS,', 'rows.append(CheckResult(f"{CHECK_CURVE}/{HYP}", f"F: {fig}", PASS,', [AU],
        FAST_DESELECT),
-    *[_m(f"audit {c}/{d} always passes", AUD, "rows.append(CheckResult(name, figure, FLAG if bad else PASS,",
+    *[_m(f"audit {c}/{d} always passes", AUA, "rows.append(CheckResult(name, figure, FLAG if bad else PASS,",
          f'rows.append(CheckResult(name, figure, FLAG if bad and name != "{c}/{d}" else PASS,', [AU], FAST_DESELECT)
       for c in ("convergence_steps", "convergence_restarts") for d in ("adversarial", "hypocritical")],
-    _m("audit pgd_vs_fgsm/adversarial always passes", AUD,
+    _m("audit pgd_vs_fgsm/adversarial always passes", AUA,
        'rows.append(CheckResult(f"{CHECK_FGSM}/{ADV}", fig, FLAG if gap > tol else PASS,',
        'rows.append(CheckResult(f"{CHECK_FGSM}/{ADV}", fig, PASS,', [AU], FAST_DESELECT),
-    _m("audit pgd_vs_fgsm/hypocritical always passes", AUD,
+    _m("audit pgd_vs_fgsm/hypocritical always passes", AUA,
        'rows.append(CheckResult(f"{CHECK_FGSM}/{HYP}", fig, FLAG if gap > tol else PASS,',
        'rows.append(CheckResult(f"{CHECK_FGSM}/{HYP}", fig, PASS,', [AU], FAST_DESELECT),
-    _m("audit transfer/adversarial always passes", AUD,
+    _m("audit transfer/adversarial always passes", AUA,
        "rows.append(CheckResult(names[0], fig, FLAG if gap > tol else PASS,",
        "rows.append(CheckResult(names[0], fig, PASS,", [AU], FAST_DESELECT),
-    _m("audit transfer/hypocritical always passes", AUD,
+    _m("audit transfer/hypocritical always passes", AUA,
        "rows.append(CheckResult(names[1], fig, FLAG if gap > tol else PASS,",
        "rows.append(CheckResult(names[1], fig, PASS,", [AU], FAST_DESELECT),
-    _m("audit gradient_health always passes", AUD, "    if share > tol:\n", "    if False:\n", [AU], FAST_DESELECT),
-    _m("audit theorem_4_4 always passes", AUD, "    ok = gap <= tol\n", "    ok = True\n", [AU], FAST_DESELECT),
-    _m("audit theorem_4_5 always passes", AUD, "rows.append(CheckResult(CHECK_THM45, fig, FLAG if bad else PASS,",
+    _m("audit gradient_health always passes", AUM, "    if share > tol:\n", "    if False:\n", [AU], FAST_DESELECT),
+    _m("audit theorem_4_4 always passes", AUM, "    ok = gap <= tol\n", "    ok = True\n", [AU], FAST_DESELECT),
+    _m("audit theorem_4_5 always passes", AUM, "rows.append(CheckResult(CHECK_THM45, fig, FLAG if bad else PASS,",
        "rows.append(CheckResult(CHECK_THM45, fig, PASS,", [AU], FAST_DESELECT),
+    # the checks other test files drive to a flag (tests/test_apgd.py, test_certify.py, test_degenerate.py)
+    *[_m(f"audit apgd_vs_pgd/{d} always passes", AUA,
+         'rows.append(CheckResult(f"{CHECK_APGD}/{direction}", fig, FLAG if bad else PASS,',
+         f'rows.append(CheckResult(f"{{CHECK_APGD}}/{{direction}}", fig, FLAG if bad and direction != "{d}" else PASS,',
+         ["tests/test_apgd.py"], "audit") for d in ("adversarial", "hypocritical")],
+    *[_m(f"audit certified_bound/{d} always passes", AUA, "rows.append(CheckResult(name, fig, FLAG if bad else PASS,",
+         f'rows.append(CheckResult(name, fig, FLAG if bad and not name.endswith("{d}") else PASS,',
+         ["tests/test_certify.py"], "audit") for d in ("adversarial", "hypocritical")],
+    _m("audit degenerate always passes", AUM, "    if constant:\n", "    if False:\n", ["tests/test_degenerate.py"]),
 ]
 
 

@@ -1,16 +1,19 @@
 """The one PGD engine. Every attack in hyporay is ``pgd`` with a threat model and an objective."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
 
 from hyporay.attacks.context import frozen_eval
-from hyporay.attacks.objectives import OBJECTIVES, Objective
+from hyporay.attacks.objectives import OBJECTIVES, SCORES, Objective, make_objective
 from hyporay.attacks.threat import THREAT_MODELS, ThreatModel
 
 RANDOM_STARTS = ("auto", "none", "uniform", "gaussian")
+METHODS = ("pgd", "apgd")  # pgd: this module; apgd: hyporay.attacks.apgd (Croce & Hein 2020)
 
 # "auto" start per objective, as the authors run them (reference §3): adversarial PGD starts uniform in
 # the ball; the hypocritical (and targeted) attack at x + 0.01·N(0,1) (False-Friends); the TRADES
@@ -21,6 +24,25 @@ _AUTO_START = {
     "targeted": ("gaussian", 0.01),
     "stability": ("gaussian", 0.001),
 }
+
+
+# Set by ``inputs_in_range``: the caller guarantees x in [0,1], so ``pgd`` skips its per-call range check.
+_RANGE_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("hyporay_pgd_range_checked", default=False)
+
+
+@contextlib.contextmanager
+def inputs_in_range():
+    """Within this block ``pgd`` trusts that x lies in [0,1] and skips its per-call check.
+
+    The check reads x's min and max back to the host: on a GPU that stalls the device at every attack call.
+    The trainer enters this block for its epoch; its batches come from data it validated once (uint8, or
+    float checked in [0,1] per epoch) through crop/flip, which keep the range.
+    """
+    token = _RANGE_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _RANGE_CHECKED.reset(token)
 
 
 def _known(names) -> str:
@@ -71,6 +93,27 @@ def _better(succ_new: Tensor, score_new: Tensor, succ_old: Tensor, score_old: Te
     return (succ_new & ~succ_old) | ((succ_new == succ_old) & (score_new > score_old))
 
 
+def prepare_attack(x: Tensor, y: Tensor, objective: str, score: str, target: Tensor | None, kind: str,
+                   sigma: float | None) -> tuple[Objective, str, float]:
+    """Shared input checks of the attacks (``ValueError`` naming the argument); resolves the "auto" start.
+
+    Returns the objective (with its score), the start kind ("none", "uniform" or "gaussian") and sigma.
+    """
+    if not torch.is_floating_point(x):
+        raise ValueError(f"x: must be a floating-point tensor in [0,1], got dtype {x.dtype}")
+    if not _RANGE_CHECKED.get() and x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
+        raise ValueError("x: values must lie in [0,1] (normalisation belongs inside the model)")
+    obj = make_objective(objective, score)
+    if obj.needs_target and target is None:
+        raise ValueError("target: required for objective 'targeted' (int64 labels, shape N)")
+    if target is not None and target.shape != y.shape:
+        raise ValueError(f"target: must have the shape of y {tuple(y.shape)}, got {tuple(target.shape)}")
+    if kind == "auto":
+        kind, auto_sigma = _AUTO_START[objective]
+        sigma = sigma if sigma is not None else auto_sigma
+    return obj, kind, 0.01 if sigma is None else float(sigma)
+
+
 def pgd(
     model: nn.Module,
     x: Tensor,
@@ -87,6 +130,7 @@ def pgd(
     restarts: int = 1,
     best_iterate: bool = False,
     generator: torch.Generator | None = None,
+    score: str = "ce",
 ) -> Tensor:
     """Projected gradient descent/ascent inside an ε-ball; returns the perturbed batch x'.
 
@@ -115,6 +159,8 @@ def pgd(
             with the same generator, so more restarts never help the model.
         best_iterate: return per example the best iterate seen (same rule) instead of the last one.
         generator: optional ``torch.Generator`` for reproducible random starts.
+        score: "ce" (the objective's loss: cross-entropy, KL for stability) or "margin" (DLR margin of
+            Croce & Hein 2020; adversarial, hypocritical and targeted only).
 
     Returns:
         x' (detached), same shape/dtype as x, with ||x' - x|| <= eps and x' in [0,1] after every step.
@@ -124,19 +170,7 @@ def pgd(
     """
     kind = check_attack_args(eps=eps, step_size=step_size, steps=steps, norm=norm, objective=objective,
                              random_start=random_start, sigma=sigma, restarts=restarts)
-    if not torch.is_floating_point(x):
-        raise ValueError(f"x: must be a floating-point tensor in [0,1], got dtype {x.dtype}")
-    if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
-        raise ValueError("x: values must lie in [0,1] (normalisation belongs inside the model)")
-    obj: Objective = OBJECTIVES[objective]()
-    if obj.needs_target and target is None:
-        raise ValueError("target: required for objective 'targeted' (int64 labels, shape N)")
-    if target is not None and target.shape != y.shape:
-        raise ValueError(f"target: must have the shape of y {tuple(y.shape)}, got {tuple(target.shape)}")
-    if kind == "auto":
-        kind, auto_sigma = _AUTO_START[objective]
-        sigma = sigma if sigma is not None else auto_sigma
-    sigma = 0.01 if sigma is None else float(sigma)
+    obj, kind, sigma = prepare_attack(x, y, objective, score, target, kind, sigma)
     threat = THREAT_MODELS[norm]
     eps, step_size = float(eps), float(step_size)
     x = x.detach()
@@ -194,6 +228,9 @@ class AttackSpec:
     """A full threat model + attack configuration: what a robustness number must be reported with.
 
     ``eps`` and ``step_size`` are in pixel units of [0,1] inputs. ``step_size=None`` means ε/4.
+    ``method`` is "pgd" or "apgd" (APGD sets its own step: 2ε, halved at checkpoints; it always keeps the
+    best iterate, so ``step_size`` and ``best_iterate`` do not apply). ``score`` is "ce" or "margin" (DLR);
+    it applies to the adversarial, hypocritical and targeted attacks, the stability attack always ascends KL.
     """
 
     norm: str = "linf"
@@ -203,11 +240,17 @@ class AttackSpec:
     restarts: int = 1
     random_start: str = "auto"
     best_iterate: bool = False
+    method: str = "pgd"
+    score: str = "ce"
 
     def __post_init__(self) -> None:
         check_attack_args(eps=self.eps, step_size=self.alpha, steps=self.steps, norm=self.norm,
                           objective="adversarial", random_start=self.random_start, sigma=None,
                           restarts=self.restarts)
+        if self.method not in METHODS:
+            raise ValueError(f"method: unknown {self.method!r}; allowed: {', '.join(METHODS)}")
+        if self.score not in SCORES:
+            raise ValueError(f"score: unknown {self.score!r}; allowed: {', '.join(SCORES)}")
 
     @property
     def alpha(self) -> float:
@@ -215,16 +258,26 @@ class AttackSpec:
 
     def run(self, model: nn.Module, x: Tensor, y: Tensor, objective: str, *, target: Tensor | None = None,
             generator: torch.Generator | None = None) -> Tensor:
+        """Attack (x in [0,1], y int64 N) with ``objective``; returns x' in the ball and [0,1]."""
+        score = "ce" if objective == "stability" else self.score  # stability: KL whatever the score
+        if self.method == "apgd":
+            from hyporay.attacks.apgd import apgd
+
+            return apgd(model, x, y, eps=self.eps, steps=self.steps, norm=self.norm, objective=objective,
+                        score=score, target=target, random_start=self.random_start, restarts=self.restarts,
+                        generator=generator)
         return pgd(model, x, y, eps=self.eps, step_size=self.alpha, steps=self.steps, norm=self.norm,
                    objective=objective, target=target, random_start=self.random_start,
-                   restarts=self.restarts, best_iterate=self.best_iterate, generator=generator)
+                   restarts=self.restarts, best_iterate=self.best_iterate, generator=generator, score=score)
 
     def describe(self) -> str:
         """One line with everything a reader needs to judge the number, e.g. for table captions."""
         eps255 = self.eps * 255
+        step = "2eps-halving" if self.method == "apgd" else f"{self.alpha:.4g}"
+        best = self.best_iterate and self.method == "pgd"
         return (f"{self.norm} eps={self.eps:.4g} ({eps255:.3g}/255) steps={self.steps} "
-                f"step={self.alpha:.4g} restarts={self.restarts} start={self.random_start}"
-                + (" best-iterate" if self.best_iterate else ""))
+                f"step={step} restarts={self.restarts} start={self.random_start}"
+                + (" best-iterate" if best else "") + f" method={self.method} score={self.score}")
 
     def as_dict(self) -> dict:
         d = asdict(self)

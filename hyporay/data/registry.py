@@ -27,9 +27,11 @@ class DatasetUnavailable(ValueError):
 def register_dataset(name: str, fn: Callable[..., LoaderResult] | None = None):
     """Register loader ``fn`` under ``name`` (usable as ``@register_dataset(name)`` too).
 
-    ``fn`` returns a :class:`Dataset` or a tuple ``(x_train, y_train, x_test, y_test, num_classes)`` with
-    x float in [0, 1] (or uint8) of shape N x C x H x W and integer labels in [0, num_classes); for a
-    tuple, mean/std are computed per channel from x_train. Re-registering a name replaces the loader.
+    ``fn`` returns a :class:`Dataset` or a tuple ``(x_train, y_train, x_test, y_test, num_classes[, mean, std])``
+    with x float in [0, 1] (or uint8) of shape N x C x H x W, or N x D feature vectors (kept as N x 1 x 1 x D:
+    the ``mlp`` takes them as they are), and integer labels in [0, num_classes). The model normalises inside
+    with mean/std: the loader's own when it gives them (a Dataset's, or the 7-tuple's; ``None`` for both =
+    no normalisation), else computed per channel from x_train. Re-registering a name replaces the loader.
     """
     if fn is None:
         return lambda f: register_dataset(name, f)
@@ -88,15 +90,18 @@ def load_dataset(
 
 def _as_dataset(name: str, out: LoaderResult) -> Dataset:
     """Validate a loader's result and turn it into a :class:`Dataset` (one-line ValueErrors)."""
+    compute = object()  # mean/std not given: computed from x_train
     if isinstance(out, Dataset):
         x_tr, y_tr, x_te, y_te, k, mean, std = (
             out.x_train, out.y_train, out.x_test, out.y_test, out.num_classes, out.mean, out.std)
     elif isinstance(out, tuple) and len(out) == 5:
-        (x_tr, y_tr, x_te, y_te, k), mean, std = out, None, None
+        (x_tr, y_tr, x_te, y_te, k), mean, std = out, compute, compute
+    elif isinstance(out, tuple) and len(out) == 7:
+        x_tr, y_tr, x_te, y_te, k, mean, std = out
     else:
         raise ValueError(
-            f"dataset {name}: the loader must return a Dataset or (x_train, y_train, x_test, y_test, num_classes), "
-            f"got {type(out).__name__}{f' of length {len(out)}' if isinstance(out, tuple) else ''}")
+            f"dataset {name}: the loader must return a Dataset or (x_train, y_train, x_test, y_test, num_classes"
+            f"[, mean, std]), got {type(out).__name__}{f' of length {len(out)}' if isinstance(out, tuple) else ''}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"dataset {name}: num_classes must be a positive integer, got {k!r}")
     k = int(k)
@@ -104,9 +109,14 @@ def _as_dataset(name: str, out: LoaderResult) -> Dataset:
     if x_tr.shape[1:] != x_te.shape[1:]:
         raise ValueError(f"dataset {name}: x_train images are {tuple(x_tr.shape[1:])} but x_test images are {tuple(x_te.shape[1:])}")
     y_tr, y_te = _check_y(name, "y_train", y_tr, len(x_tr), k), _check_y(name, "y_test", y_te, len(x_te), k)
-    if mean is None:
-        mean, std = channel_stats(x_tr)
     c = x_tr.shape[1]
+    if mean is compute:
+        mean, std = channel_stats(x_tr)
+    elif mean is None and std is None:  # the loader's choice: no normalisation inside the model
+        mean, std = (0.0,) * c, (1.0,) * c
+    elif mean is None or std is None:
+        raise ValueError(f"dataset {name}: give both mean and std, or neither (None, None: no normalisation)")
+    mean, std = tuple(np.atleast_1d(np.asarray(mean, dtype=float))), tuple(np.atleast_1d(np.asarray(std, dtype=float)))
     if len(mean) != c or len(std) != c:
         raise ValueError(f"dataset {name}: mean/std need {c} values (one per channel), got {len(mean)} and {len(std)}")
     return Dataset(name, x_tr, y_tr, x_te, y_te, k, tuple(float(m) for m in mean), tuple(float(s) for s in std))
@@ -118,8 +128,11 @@ def _check_x(name: str, field: str, x) -> Tensor:
         x = torch.from_numpy(x)
     if not isinstance(x, Tensor):
         raise ValueError(f"dataset {name}: {field} must be a tensor, got {type(x).__name__}")
+    if x.ndim == 2:  # feature vectors: N x D, seen by the models as N x 1 x 1 x D
+        x = x.reshape(x.shape[0], 1, 1, x.shape[1])
     if x.ndim != 4 or x.shape[0] == 0:
-        raise ValueError(f"dataset {name}: {field} must be a non-empty N x C x H x W tensor, got shape {tuple(x.shape)}")
+        raise ValueError(f"dataset {name}: {field} must be a non-empty N x C x H x W (or N x D) tensor, got shape "
+                         f"{tuple(x.shape)}")
     if x.dtype == torch.uint8:
         return x
     if not x.is_floating_point():

@@ -5,7 +5,7 @@ normalises inside (``model.normalize``), so perturbation budgets are in pixel un
 >>> model = build_model("cnn", in_shape=(1, 8, 8), num_classes=10, mean=(0.3,), std=(0.4,))
 """
 
-from . import resnet, small, vgg, wideresnet  # noqa: F401  (register the architectures)
-from .registry import MODELS, Normalize, build_model, list_models, register_model
+from . import linf_dist, resnet, small, vgg, wideresnet  # noqa: F401  (register the architectures)
+from .registry import MODELS, Normalize, build_model, list_models, model_options, register_model
 
-__all__ = ["MODELS", "Normalize", "build_model", "list_models", "register_model"]
+__all__ = ["MODELS", "Normalize", "build_model", "list_models", "model_options", "register_model"]

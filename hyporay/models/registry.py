@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["MODELS", "Normalize", "build_model", "list_models", "register_model"]
+__all__ = ["MODELS", "Normalize", "build_model", "list_models", "model_options", "register_model"]
 
 #: name -> factory ``fn(*, in_shape, num_classes, **kwargs) -> nn.Module`` returning the bare network
 #: (it receives normalised inputs); :func:`build_model` puts :class:`Normalize` in front of it.
@@ -38,6 +38,14 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
 def list_models() -> list[str]:
     """Sorted names of the registered models."""
     return sorted(MODELS)
+
+
+def model_options(name: str) -> list[str] | None:
+    """The options (keyword arguments) the factory of ``name`` accepts; None when it takes ``**kwargs``."""
+    params = inspect.signature(MODELS[name]).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return None
+    return [k for k in params if k not in ("in_shape", "num_classes")]
 
 
 class Normalize(nn.Module):
@@ -90,14 +98,28 @@ def build_model(
     if name not in MODELS:
         raise ValueError(f"model: unknown {name!r}; known: {', '.join(list_models())}")
     fn = MODELS[name]
-    params = inspect.signature(fn).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        allowed = [k for k in params if k not in ("in_shape", "num_classes")]
+    allowed = model_options(name)
+    if allowed is not None:
         unknown = sorted(set(kwargs) - set(allowed))
         if unknown:
             raise ValueError(f"model {name}: unknown option(s) {', '.join(unknown)}; known: {', '.join(allowed) or '(none)'}")
     in_shape = tuple(int(s) for s in in_shape)
     if len(in_shape) != 3 or len(mean) != in_shape[0] or len(std) != in_shape[0]:
         raise ValueError(f"model {name}: in_shape must be (C, H, W) with len(mean) == len(std) == C, got in_shape={in_shape}, {len(mean)} means, {len(std)} stds")
-    net = fn(in_shape=in_shape, num_classes=int(num_classes), **kwargs)
-    return nn.Sequential(OrderedDict(normalize=Normalize(mean, std), net=net))
+    try:  # a bad option value (hidden: -5, channels: "x") fails inside the factory or its first forward
+        net = fn(in_shape=in_shape, num_classes=int(num_classes), **kwargs)
+        model = nn.Sequential(OrderedDict(normalize=Normalize(mean, std), net=net))
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(2, *in_shape))
+    except (TypeError, ValueError, RuntimeError, IndexError, OverflowError) as exc:
+        raise ValueError(f"model.kwargs: {name} cannot be built with {kwargs or 'its defaults'} for inputs "
+                         f"{in_shape} ({_first_line(exc)})") from None
+    if tuple(out.shape) != (2, int(num_classes)):
+        raise ValueError(f"model {name}: returns shape {tuple(out.shape[1:])} per input, expected ({num_classes},) "
+                         "logits")
+    return model.train()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__

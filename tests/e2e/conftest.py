@@ -17,8 +17,9 @@ SWEEP = ROOT / "sweeps" / "thrm_lambda.py"
 
 @pytest.fixture(scope="session")
 def small_sweep():
-    """2 trainers x 2 lambdas, 2 epochs; every trial's worker dies hard once after epoch 1 (and is retried
-    from its checkpoint). Returns the working directory, the completed process and the chaos marker dir."""
+    """2 trainers x 2 lambdas (λ = 0 is natural training, planned once: 3 trials), 2 epochs; every trial's worker
+    dies hard once after epoch 1 (and is retried from its checkpoint). Returns the working directory, the completed
+    process and the chaos marker dir."""
     work = Path(tempfile.mkdtemp(prefix="hyporay-e2e-"))
     chaos = work / "chaos"
     chaos.mkdir()

@@ -1,9 +1,12 @@
 """End to end: a real sweep, a real ``mlflow server``, and the links the sweep prints opened in headless Chromium.
 
 Checks what a person following the links sees in MLflow 3.17's UI (whose view-state format is internal):
-(a) the runs link lists every trial run as a row of the "Model training" runs table;
-(b) the frontier link opens one scatter chart of natural_risk vs hypocritical_risk with a point per trial at
-    the logged values, and none of the UI's automatic one-chart-per-metric cards.
+(a) the runs-table link lists the sweep's trials (and only them) with the columns trainer, λ, seed, natural_risk,
+    hypocritical_risk, acc_adv in that order, grouped by trainer;
+(b) the trade-off link opens the natural_risk vs hypocritical_risk scatter, a point per trial at the logged
+    values, one colour per trainer, beside a parallel-coordinates chart, and none of the UI's automatic
+    one-chart-per-metric cards;
+(c) the frontier.png link opens the parent run's picture in the 'Model training' navigation.
 
 Needs Debian's chromium (``.ci/install-browser``): skipped without it on a developer machine, failed in CI.
 """
@@ -41,15 +44,15 @@ def sweep(chromium_exe, small_sweep):
     work, proc = small_sweep["dir"], small_sweep["proc"]
     out = proc.stdout
     assert proc.returncode == 0, f"sweep failed ({proc.returncode}):\n{out[-3000:]}\n{proc.stderr[-3000:]}"
-    links = dict(re.findall(r"^(runs|frontier chart):\s+(\S+)$", out, re.M))
-    assert set(links) == {"runs", "frontier chart"}, f"links missing from the sweep's output:\n{out[-2000:]}"
+    links = dict(re.findall(r"^(runs table|trade-off chart|frontier.png):\s+(\S+)$", out, re.M))
+    assert set(links) == {"runs table", "trade-off chart", "frontier.png"}, f"links missing:\n{out[-2000:]}"
 
-    from hyporay.sweep import tracking
+    from hyporay.engine import tracking
 
     uri = tracking.default_tracking_uri(work)
     exp_id = re.search(r"^experiment:\s+.*\(id (\S+)\)$", out, re.M).group(1)
     runs = tracking.child_runs(tracking.client(uri), exp_id)
-    assert len(runs) == 4, [r.info.run_name for r in runs]
+    assert len(runs) == 3, [r.info.run_name for r in runs]  # natural λ=0 (shared by both curves), TRADES, THRM
     return {"dir": work, "links": links, "runs": runs}
 
 
@@ -71,8 +74,8 @@ def _at(link: str, server: MlflowServer) -> str:
     return re.sub(r"^http://127\.0\.0\.1:\d+", server.url, link)
 
 
-def test_runs_link_lists_every_trial(sweep, server, browser):
-    browser.open(_at(sweep["links"]["runs"], server), MLFLOW_UI_STORAGE)
+def test_runs_link_shows_the_trials_with_the_trade_off_columns(sweep, server, browser):
+    browser.open(_at(sweep["links"]["runs table"], server), MLFLOW_UI_STORAGE)
     names = sorted(r.info.run_name for r in sweep["runs"])
     shown = browser.wait_for(
         f"""(() => {{
@@ -81,33 +84,56 @@ def test_runs_link_lists_every_trial(sweep, server, browser):
               return want.every(n => links.includes(n)) && links;
             }})()""", timeout=90, what=f"run names {names} in the runs table")
     assert set(names) <= set(shown)
+    parent = next(iter({r.data.tags["mlflow.parentRunId"] for r in sweep["runs"]}))
     text = browser.text()
-    assert "Model training" in text and "matching runs" in text
-    # a table, not the chart view; the trials are rows of their own, not folded under the parent run
+    assert "Model training" in text and "Group by: trainer" in text
+    assert "Group: natural" in text and "Group: thrm" in text and "Group: trades" in text
     assert browser.evaluate("document.querySelectorAll('[data-testid=\"experiment-view-compare-runs-card\"]')"
-                            ".length") == 0
-    assert "Sort: Run Name" in text
+                            ".length") == 0  # a table, not the chart view
+    assert not any(parent in link for link in shown)  # only the sweep's trials, not its parent run
+    headers = browser.evaluate("""Array.from(document.querySelectorAll('[role="columnheader"]'))
+        .map(h => h.textContent.trim()).filter(t => t)""")
+    wanted = ["trainer", "lam", "seed", X, Y, "acc_adv"]
+    at = [next(i for i, h in enumerate(headers) if h.startswith(w[:14])) for w in wanted]
+    assert at == sorted(at), f"columns out of order: {headers}"
 
 
-def test_frontier_link_shows_one_scatter_of_the_trials(sweep, server, browser):
-    browser.open(_at(sweep["links"]["frontier chart"], server), MLFLOW_UI_STORAGE)
+def test_trade_off_link_shows_the_scatter_one_colour_per_trainer(sweep, server, browser):
+    browser.open(_at(sweep["links"]["trade-off chart"], server), MLFLOW_UI_STORAGE)
     n = len(sweep["runs"])
     browser.wait_for(f"document.querySelectorAll('.js-plotly-plot .scatterlayer path.point').length >= {n}",
                      timeout=90, what=f"{n} scatter points")
     cards = browser.evaluate("""Array.from(document.querySelectorAll(
         '[data-testid="experiment-view-compare-runs-card"]')).map(c => (c.querySelector('h4') || {}).textContent)""")
-    assert cards == [f"{X} vs. {Y}"], f"expected the one frontier chart, got cards {cards}"
-    assert browser.evaluate("document.querySelectorAll('.js-plotly-plot .scatterlayer path.point').length") == n
-    axes = browser.evaluate("""(() => { const g = document.querySelector('.js-plotly-plot');
-        return [g.querySelector('.xtitle').textContent, g.querySelector('.ytitle').textContent]; })()""")
+    assert cards == [f"{X} vs. {Y}", "Parallel Coordinates"], f"expected the trade-off charts, got cards {cards}"
+    scatter = "document.querySelector('.js-plotly-plot')"
+    axes = browser.evaluate(f"""(() => {{ const g = {scatter};
+        return [g.querySelector('.xtitle').textContent, g.querySelector('.ytitle').textContent]; }})()""")
     assert axes == [X, Y]
-    # the points sit at the logged values (plotly keeps its traces on the graph div)
-    plotted = browser.evaluate("""(() => { const g = document.querySelector('.js-plotly-plot');
-        return g.data.flatMap(t => (t.x || []).map((x, i) => [x, t.y[i]])); })()""")
-    want = sorted((r.data.metrics[X], r.data.metrics[Y]) for r in sweep["runs"])
-    got = sorted(tuple(p) for p in plotted if None not in p)
-    assert len(got) == n and all(g == pytest.approx(w) for g, w in zip(got, want)), (got, want)
+    # the points sit at the logged values, and their colours are the trainers' (plotly keeps its traces)
+    plotted = browser.evaluate(f"""(() => {{ const g = {scatter};
+        return g.data.flatMap(t => (t.x || []).map((x, i) => [x, t.y[i],
+            Array.isArray(t.marker.color) ? t.marker.color[i] : t.marker.color])); }})()""")
+    by_value = {(round(x, 9), round(y, 9)): colour for x, y, colour in plotted if x is not None}
+    from hyporay.engine.mlflow_ui import TRAINER_COLOURS
+
+    for r in sweep["runs"]:
+        key = (round(r.data.metrics[X], 9), round(r.data.metrics[Y], 9))
+        assert key in by_value, (key, by_value)
+        assert by_value[key].lower() == TRAINER_COLOURS[r.data.params["train.trainer"]], r.info.run_name
+    assert len({c.lower() for c in by_value.values()}) == len({r.data.params["train.trainer"] for r in sweep["runs"]})
     # no automatic per-metric chart (the UI adds one per logged metric that no card names)
     titles = browser.evaluate("Array.from(document.querySelectorAll('h4')).map(h => h.textContent.trim())")
-    for metric in ("train_loss", "train_acc", X, Y):
+    for metric in ("train_loss", "train_acc", X, Y, "lam"):
         assert metric not in titles, f"automatic chart {metric!r} shown: {titles}"
+
+
+def test_frontier_png_link_opens_the_picture(sweep, server, browser):
+    browser.open(_at(sweep["links"]["frontier.png"], server), MLFLOW_UI_STORAGE)
+    # the artefact viewer renders the PNG (the only large picture on the page: MLflow's logo is small)
+    img = browser.wait_for("""(() => { const i = Array.from(document.images)
+        .find(i => i.complete && i.naturalWidth > 400); return i && [i.naturalWidth, i.src]; })()""",
+                           timeout=90, what="frontier.png rendered")
+    assert img[0] > 400 and ("frontier.png" in img[1] or img[1].startswith("blob:")), img
+    text = browser.text()
+    assert "Model training" in text and "frontier.png" in text and "GenAI" in text

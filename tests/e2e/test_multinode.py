@@ -34,6 +34,20 @@ EXPERIMENT = "thrm_lambda-local"
 pytestmark = pytest.mark.slow
 
 
+USER_DATA = """
+import torch
+from hyporay.data import register_dataset
+
+@register_dataset("test_stripes")
+def stripes(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (240,), generator=g)
+    x = torch.rand(240, 1, 4, 4, generator=g) * 0.5
+    x[torch.arange(240), 0, y] += 0.5   # the class is the bright row
+    return x[:180], y[:180], x[180:], y[180:], 3
+"""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -147,28 +161,33 @@ def test_trials_spread_over_nodes_and_land_once_in_mlflow(cluster, mlflow_server
     driver = tmp_path / "driver"        # the driver's working directory (the head's, on a real cluster)
     shared.mkdir()
     driver.mkdir()
+    # the user's own data set, defined only here: every worker process (on every node) must import it
+    (shared / "user_data.py").write_text(USER_DATA)
     t0 = time.time()
     # storage through the environment variable, as cluster.yaml sets it on every node
     proc = _start_sweep(driver, c.address, mlflow_server,
-                        ["--lambdas", "0,5", "--set", "train.epochs=2", "--name", "spread"],
+                        ["--lambdas", "0,5", "--set", "train.epochs=2", "--name", "spread",
+                         "--set", f"imports=[{shared / 'user_data.py'}]", "--set", "data.name=test_stripes"],
                         env_extra={"HYPORAY_STORAGE_PATH": str(shared)})
     out = _finish(proc, timeout=400)
     print(f"sweep took {time.time() - t0:.0f}s")
     assert proc.returncode == 0, out[-4000:]
-    assert "4 trials on 3 node(s) (2 CPU, 0 GPU)" in out, out[-4000:]
+    assert "3 trials on 3 node(s) (2 CPU, 0 GPU)" in out, out[-4000:]
     assert f"Tune storage {shared}/spread" in out
-    assert "trials: 4 finished, 0 failed, 0 not finished" in out
+    assert "trials: 3 finished, 0 diverged, 0 failed, 0 not finished" in out
 
     client = MlflowClient(mlflow_server)
     parent, children = _sweep_runs(client, "spread")
     assert parent.info.status == "FINISHED"
-    assert len(children) == 4
-    assert len({ch.data.tags["hyporay.trial_key"] for ch in children}) == 4      # each trial once
+    assert len(children) == 3
+    assert len({ch.data.tags["hyporay.trial_key"] for ch in children}) == 3      # each trial once
     assert sorted(ch.info.run_name for ch in children) == sorted(
-        f"{t}-lam{lam}-mlp-seed0" for t in ("thrm", "trades") for lam in (0, 5))
+        ["natural-lam0-mlp-seed0", "thrm-lam5-mlp-seed0", "trades-lam5-mlp-seed0"])
     for ch in children:
         assert ch.info.status == "FINISHED"
         assert _steps(client, ch.info.run_id) == [1, 2]
+        assert ch.data.params["data.name"] == "test_stripes" and ch.data.tags["dataset"] == "test_stripes"
+        assert ch.data.metrics["n_examples"] == 60  # the user's test split, not digits'
     nodes = {ch.data.tags["ray_node_id"] for ch in children}
     assert nodes <= {w.node_id for w in workers}, "a trial ran on the head (0 CPUs)"
     assert len(nodes) == 2, f"all trials ran on one node: {nodes}"
@@ -219,7 +238,7 @@ def test_worker_node_lost_mid_sweep_trial_resumes_elsewhere(cluster, mlflow_serv
             proc.wait()
     print(f"node removed after {removed_at - t0:.0f}s at epoch {steps_before[-1]}; sweep took {time.time() - t0:.0f}s")
     assert proc.returncode == 0, out[-4000:]
-    assert "trials: 2 finished, 0 failed, 0 not finished" in out, out[-4000:]
+    assert "trials: 2 finished, 0 diverged, 0 failed, 0 not finished" in out, out[-4000:]
 
     parent, children = _sweep_runs(client, "lose-a-node")
     assert parent.info.status == "FINISHED"

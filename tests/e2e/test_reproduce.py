@@ -27,11 +27,13 @@ def test_reduced_reproduction_writes_every_section_and_a_verdict_per_claim(tmp_p
          "--set", "variant.steps=10", "--set", "variant.source_epochs=2", "--bootstrap", "200", "--out", str(out)],
         cwd=tmp_path, env=sweep_env(), capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "trials: 11 finished, 0 failed, 0 not finished" in r.stdout
+    # 3 Tables 1-2 trials + 5 more of Table 3 (Quality NT shared) + Fig. 4: λ=10 twice and λ=0 once (natural, shared)
+    assert "trials: 10 finished, 0 diverged, 0 failed, 0 not finished" in r.stdout
     text = (out / "report.md").read_text()
     for s in SECTIONS:
         assert s in text, s
-    for f in ("fig3.png", "frontier.png", "frontier.csv", "table1_2.csv", "table3.csv", "fig3.csv", "claims.json"):
+    for f in ("fig3.png", "frontier.png", "frontier.csv", "table1_2.csv", "table3.csv", "fig3.csv", "claims.json",
+              "trials.json"):
         assert (out / f).is_file(), f
     verdicts = re.findall(r"^- verdict: \*\*(.+?)\*\*$", text, flags=re.MULTILINE)
     assert len(verdicts) == 5 and set(verdicts) <= VERDICTS
@@ -47,7 +49,9 @@ def test_reduced_reproduction_writes_every_section_and_a_verdict_per_claim(tmp_p
     for k in range(1, 6):
         assert re.search(rf"^claim {k}: ({'|'.join(VERDICTS)}) — ", r.stdout, flags=re.MULTILINE), k
     assert "| Naive |" in text and "| Quality | PGD-AT |" in text and "58.09 / 0.91 / 99.31" in text
-    assert "- commit: `" in text and "- command: `python sweeps/reproduce.py --profile local --seeds 1" in text
+    assert text.splitlines()[2].startswith(("- code: every run ran commit", "- **code: NOT one clean commit**"))
+    assert "- rebuild with: `python " in text and "reproduce.py --profile local --seeds 1" in text
+    assert "λ = 0 is natural training, run once per seed and shared by both curves" in text
 
     from mlflow.tracking import MlflowClient
 
@@ -57,7 +61,7 @@ def test_reduced_reproduction_writes_every_section_and_a_verdict_per_claim(tmp_p
     parent = next(x for x in runs if x.data.tags.get("hyporay.role") == "sweep")
     arts = {a.path for a in c.list_artifacts(parent.info.run_id)}
     assert {"report.md", "claims.json", "fig3.png", "frontier.png"} <= arts
-    assert len([x for x in runs if x.data.tags.get("hyporay.role") == "trial"]) == 11
+    assert len([x for x in runs if x.data.tags.get("hyporay.role") == "trial"]) == 10
 
 
 def _rule_verdict(k: int, c: dict, *, n_lambdas: int, fig3: list[dict]) -> str:
@@ -96,38 +100,39 @@ def test_paper_profile_dry_run(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     lines = r.stdout.splitlines()
     assert lines[0].startswith("profile: paper")
-    # 5 variants x 5 models NT + Table 3 (6, 2 shared with Tables 1-2) + 2 trainers x 9 lambdas, 1 seed
-    assert "reproduce: 47 trials" in lines[1]
+    # 5 variants x 5 models NT + Table 3 (6, 2 shared with Tables 1-2) + 2 trainers x 8 lambdas > 0 + λ=0 once
+    assert "reproduce: 46 trials" in lines[1]
     trials = [ln for ln in lines if ln.startswith("  ")]
-    assert len(trials) == 47
+    assert len(trials) == 46
     assert all("data=cifar10" in ln and "epochs=110" in ln for ln in trials)
     assert any(ln.strip().startswith("pgd_at-lam0-resnet18-quality-seed0") for ln in trials)
     assert any(ln.strip().startswith("trades-lam6-resnet18-poisoning-seed0") for ln in trials)
-    assert sum(ln.strip().startswith("thrm-lam") for ln in trials) == 9
+    assert sum(ln.strip().startswith("thrm-lam") for ln in trials) == 8
+    assert any(ln.strip().startswith("natural-lam0-resnet18-quality-seed0-targetedFalse") for ln in trials)
     assert "eps=0.03137 (8/255) steps=20" in lines[-1]
 
 
 def test_reproduction_grid_parts_and_paper_exceptions():
-    sys.path.insert(0, str(ROOT))
-    from hyporay.sweep.reproduction import grid, parts_of
+    """The grid tags each trial with the parts it serves when it plans it; the engine merges the tags of
+    identical trials and plans λ = 0 once, as natural training feeding both curves."""
+    from hyporay.config import load_config
+    from hyporay.engine.definition import CURVES_TAG, PARTS_TAG, Planned, canonical, dedupe
+    from hyporay.paper.grid import grid
 
     base = {"data": {"name": "digits"}, "model": {"name": "mlp"}, "train": {"epochs": 3}}
     vals = {"train.lam": [0, 10], "model.name": ["mlp", "cnn"], "variant.name": ["noise", "quality"]}
-    trials = grid(base, vals, [0, 1], "paper")
-    assert len(trials) == 2 * (4 + 6 + 4)  # before de-duplication (the engine runs identical trials once)
-    assert all(t["eval"]["every"] == 3 for t in trials)
-    noise_mlp = next(t for t in trials if t["variant"]["name"] == "noise" and t["model"]["name"] == "mlp")
+    pairs = grid(base, vals, [0, 1], "paper")
+    assert len(pairs) == 2 * (4 + 6 + 4)  # before de-duplication (the engine runs identical trials once)
+    assert all(t["eval"]["every"] == 3 for t, _ in pairs)
+    noise_mlp, tags = next((t, g) for t, g in pairs if t["variant"]["name"] == "noise" and t["model"]["name"] == "mlp")
     assert noise_mlp["train"]["lr"] == 0.01 and noise_mlp["train"]["weight_decay"] == 0.0
-    assert parts_of(noise_mlp, "mlp") == {"t12", "fig3"}
-    from hyporay.config import load_config
-
-    full = [load_config(t).model_dump() for t in trials]
-    q_nt = next(t for t in full if t["variant"]["name"] == "quality" and t["model"]["name"] == "mlp"
-            and t["train"]["trainer"] == "natural")
-    assert parts_of(q_nt, "mlp") == {"t12", "t3", "fig3"}
-    f4 = next(t for t in full if t["train"]["trainer"] == "thrm")
-    assert parts_of(f4, "mlp") == {"fig4"}
-    assert sum("t3" in parts_of(t, "mlp") for t in full) == 2 * 7  # Quality NT listed by Tables 1-2 and 3
-    import json
-
-    assert sum("t3" in parts_of(t, "mlp") for t in {json.dumps(t, sort_keys=True): t for t in full}.values()) == 12
+    assert tags[PARTS_TAG] == "t12,fig3"
+    planned = dedupe([Planned(c, {**g, **extra}) for t, g in pairs
+                      for c, extra in [canonical(load_config(t).model_dump())]])
+    parts = lambda p: set(p.tags[PARTS_TAG].split(","))  # noqa: E731
+    q_nt = [p for p in planned if p.config["variant"]["name"] == "quality" and p.config["model"]["name"] == "mlp"
+            and p.config["train"]["trainer"] == "natural" and p.config["eval"]["targeted"]]
+    assert len(q_nt) == 2 and all(parts(p) == {"t12", "t3", "fig3"} for p in q_nt)   # Tables 1-2 and 3 share it
+    shared = [p for p in planned if "fig4" in parts(p) and p.config["train"]["trainer"] == "natural"]
+    assert len(shared) == 2 and all(p.tags[CURVES_TAG] == "trades,thrm" for p in shared)  # λ = 0, one per seed
+    assert sum("t3" in parts(p) for p in planned) == 12

@@ -1,6 +1,7 @@
 """Whole sweeps on a real local Ray with a real MLflow SQLite store (the main job, small)."""
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -38,13 +39,14 @@ def _steps(c, run) -> list[int]:
 
 
 def test_sweep_with_dying_workers_logs_each_trial_once(small_sweep):
-    """2 lambdas x 2 trainers; every trial's worker dies hard after epoch 1 and is retried from its checkpoint."""
+    """2 lambdas x 2 trainers (λ = 0 once: natural training for both); every trial's worker dies hard after epoch 1
+    and is retried from its checkpoint."""
     r, tmp_path, chaos = small_sweep["proc"], small_sweep["dir"], small_sweep["chaos"]
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.splitlines()[0].startswith("profile: local")
-    assert len(list(chaos.glob("*.died"))) == 4  # each trial really lost its worker once
+    assert len(list(chaos.glob("*.died"))) == 3  # each trial really lost its worker once
     c, parents, children = _runs(tmp_path)
-    assert len(parents) == 1 and len(children) == 4
+    assert len(parents) == 1 and len(children) == 3
     parent = parents[0]
     assert {ch.data.tags["mlflow.parentRunId"] for ch in children} == {parent.info.run_id}
     for ch in children:
@@ -52,6 +54,8 @@ def test_sweep_with_dying_workers_logs_each_trial_once(small_sweep):
         assert _steps(c, ch) == [1, 2]  # resumed at epoch 2 from the checkpoint: epoch 1 not re-logged
         assert {"trainer", "dataset", "architecture", "profile"} <= set(ch.data.tags)
         assert ch.data.params["train.lam"] in {"0.0", "5.0"} and "eval.attack.eps" in ch.data.params
+        assert ch.data.tags["hyporay.config_sha256"] and ch.data.tags["hyporay.git_commit"]  # provenance
+        assert ch.data.tags["mlflow.source.git.commit"] == ch.data.tags["hyporay.git_commit"]
         for m in ("natural_risk", "hypocritical_risk", "acc_clean", "acc_adv", "acc_hyp", "stability_risk"):
             assert m in ch.data.metrics
     arts = {a.path for a in c.list_artifacts(parent.info.run_id)}
@@ -60,17 +64,56 @@ def test_sweep_with_dying_workers_logs_each_trial_once(small_sweep):
     exp = c.get_experiment(parent.info.experiment_id)
     assert "mlflow.sharedViewState.hyporay-frontier" in exp.tags
     assert f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in r.stdout
-    assert "mlflow server --backend-store-uri sqlite:///" in r.stdout
+    assert re.search(r"^open the UI: +/\S+/hyporay ui --db /\S+/mlflow.db$", r.stdout, re.M)  # runnable as printed
+    natural = next(ch for ch in children if ch.data.params["train.trainer"] == "natural")
+    assert natural.data.tags["hyporay.curves"] == "trades,thrm"          # one run, both curves
+    frontier = {(row["trainer"], float(row["lam"])) for row in _frontier_csv(c, parent)}
+    assert frontier == {("trades", 0.0), ("thrm", 0.0), ("trades", 5.0), ("thrm", 5.0)}
+    assert parent.data.tags["hyporay.git_commit"] and parent.data.tags["hyporay.config_sha256"]
+    assert "threat model: data digits; eval attack linf eps=0.1" in r.stdout
+    assert "| thrm | 0 | 1 |" in parent.data.tags["mlflow.note.content"]   # the frontier in the run's description
+
+
+def _frontier_csv(c, parent):
+    import csv
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = c.download_artifacts(parent.info.run_id, "frontier.csv", d)
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+
+
+def test_console_names_trials_as_mlflow_and_dumps_no_config(small_sweep):
+    """What a user reads: the MLflow links before the first trial (watch it live), one line per finished trial under
+    its MLflow run name with its risks, one line per retry, progress lines with an ETA; no per-trial config dump, no
+    Tune trial ids, no tracebacks of the deliberately killed workers, and short."""
+    r, tmp_path = small_sweep["proc"], small_sweep["dir"]
+    out = r.stdout
+    c, _, children = _runs(tmp_path)
+    lines = out.splitlines()
+    first_progress = next(i for i, ln in enumerate(lines) if "] progress:" in ln)
+    assert any(ln.strip().startswith("trade-off chart: http://") for ln in lines[:first_progress])
+    for ch in children:
+        name = ch.info.run_name
+        done = [ln for ln in lines if re.search(rf"\]\s+done\s+{re.escape(name)}\s+epoch 2\s+natural 0\.\d+", ln)]
+        assert len(done) == 1, (name, out[-3000:])
+        assert any(re.search(rf"retry\s+{re.escape(name)}\s+its worker died; continues from its checkpoint", ln)
+                   for ln in lines), name
+    assert re.search(r"progress: 3/3 done, 0 running, 0 pending; elapsed \S+, ETA", out)
+    assert "tune_trainable" not in out and "Traceback" not in out + r.stderr and "Trial status" not in out
+    assert "train.attack.eps" not in out  # no config dump: the config is in MLflow
+    assert len(lines) < 60, len(lines)
 
 
 def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
-    # 6 trials, 2 at a time: when the first one finishes, several are still to run
+    # 5 trials (λ = 0 once), 2 at a time: when the first one finishes, several are still to run
     args = [sys.executable, str(SWEEP), *SMALL, "--lambdas", "0,5,10", "--set", "train.epochs=5",
             "--name", "interrupted"]
     # restore SIGINT's default in the child: a shell running in the background hands on an ignored SIGINT
     proc = subprocess.Popen(args, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    finished_before = 0
+    seen_finished = 0
     try:
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:  # interrupt once the first trial has finished
@@ -80,12 +123,12 @@ def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
                     _, _, children = _runs(tmp_path)
                 except Exception:  # noqa: BLE001 - the store may be mid-migration
                     continue
-                finished_before = sum(ch.info.status == "FINISHED" for ch in children)
-                if finished_before:
+                seen_finished = sum(ch.info.status == "FINISHED" for ch in children)
+                if seen_finished:
                     break
-        # without a finished trial the interrupt would test nothing: "< 6 finished" holds trivially
+        # without a finished trial the interrupt would test nothing: "< 5 finished" holds trivially
         assert proc.poll() is None, "the sweep ended before it could be interrupted:\n" + proc.stdout.read()[-3000:]
-        assert finished_before >= 1, "no trial finished within 300 s: the interrupt would test nothing"
+        assert seen_finished >= 1, "no trial finished within 300 s: the interrupt would test nothing"
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
     finally:
@@ -95,8 +138,8 @@ def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
     assert "resume with:" in out
     c, parents, children = _runs(tmp_path)
     assert parents[0].info.status == "RUNNING"  # not finished until resumed
-    done = sum(ch.info.status == "FINISHED" for ch in children)
-    assert finished_before <= done < 6  # some trials finished before the interrupt, some are left to resume
+    finished_before = {ch.info.run_id: ch.info.end_time for ch in children if ch.info.status == "FINISHED"}
+    assert seen_finished <= len(finished_before) < 5  # some trials finished before the interrupt, some are left
 
     r = subprocess.run([sys.executable, str(SWEEP), "--resume"], cwd=tmp_path, env=_env(), capture_output=True,
                        text=True, timeout=600)
@@ -104,7 +147,10 @@ def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
     assert "interrupted" in r.stdout.splitlines()[0]  # the resumed sweep's profile, and why
     c, parents, children = _runs(tmp_path)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(children) == 6
+    assert len(children) == 5
+    for ch in children:  # a trial that had finished before the interrupt is left exactly as it was
+        if ch.info.run_id in finished_before:
+            assert ch.info.end_time == finished_before[ch.info.run_id]
     names = sorted(ch.info.run_name for ch in children)
     assert names == sorted(set(names))
     for ch in children:

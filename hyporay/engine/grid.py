@@ -1,0 +1,307 @@
+"""A grid sweep on the engine: the product of its axes (or its own grid) x seeds, each trial validated before
+anything starts, TRADES/THRM at λ = 0 planned once as natural training, one Tune trial per planned trial, and
+``--resume`` through ``Tuner.restore``."""
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from pathlib import Path
+
+from hyporay.engine.definition import (
+    CURVES_TAG,
+    PARTS_TAG,
+    Planned,
+    canonical,
+    dedupe,
+    name_all,
+    name_keys,
+    product,
+    resolve,
+)
+from hyporay.engine.run import Driver, command_line, find_state, say, write_state
+
+
+def absolute_paths(trial_base: dict, workdir: Path) -> dict:
+    """Ray runs trials in other working directories: data paths and ``imports`` files absolute on the driver."""
+    from hyporay.plugins import is_path
+
+    def absolute(p: str) -> str:
+        q = Path(p).expanduser()
+        return str(q if q.is_absolute() else (workdir / q).resolve())
+
+    data = dict(trial_base.get("data", {}))
+    data["root"] = absolute(data.get("root", "data"))
+    if data.get("cache_dir"):
+        data["cache_dir"] = absolute(data["cache_dir"])
+    out = {**trial_base, "data": data}
+    if isinstance(trial_base.get("imports"), list):
+        out["imports"] = [absolute(i) if isinstance(i, str) and is_path(i) else i for i in trial_base["imports"]]
+    return out
+
+
+def with_plugins(trial: dict) -> dict:
+    """A trial's ``imports`` completed with the modules that registered the data set and models it names (a data
+    set registered in the sweep's own script reaches the Ray workers without a flag)."""
+    from hyporay.plugins import needed_for
+
+    need = [m for m in needed_for(trial) if m not in (trial.get("imports") or [])]
+    return {**trial, "imports": [*(trial.get("imports") or []), *need]} if need else trial
+
+
+def load_and_check(trials: list[dict]) -> dict:
+    """The trials' data sets (keyed by ``data_key``), each loaded once, after checking every trial against its
+    data: the attack budgets and the model, built once per architecture, options and input shape (a bad option
+    value fails here in one line, not in every Ray worker)."""
+    from hyporay.config import load_config
+    from hyporay.engine.trainable import data_key
+    from hyporay.experiment import check_budget, check_certifiable, load_trial_data, make_model
+
+    datasets, built = {}, set()
+    for t in trials:
+        k = data_key(t)
+        cfg = load_config(t)
+        if k not in datasets:
+            datasets[k] = load_trial_data(cfg)
+        ds = datasets[k]
+        check_budget(cfg, ds.in_shape)
+        arch = (cfg.model.name, json.dumps(cfg.model.kwargs, sort_keys=True, default=str), ds.in_shape,
+                ds.num_classes, cfg.eval.certify)
+        if arch not in built:
+            check_certifiable(cfg, make_model(cfg, ds), ds)
+            built.add(arch)
+    return datasets
+
+
+def check_definition(defn) -> None:
+    """A sweep's axes, label and defaults name trial fields (ConfigError, one line, naming the first that does not)."""
+    from hyporay.config import ConfigError, TrialConfig
+    from hyporay.dotted import flatten
+
+    known = set(flatten(TrialConfig().model_dump()))
+
+    def ok(key: str) -> bool:
+        return key in known or key.startswith(("model.kwargs.", "imports"))
+
+    for what, key in ([("axis", a.key) for a in defn.axes] + [("label_key", defn.label_key)]
+                      + [("defaults", k) for k in defn.defaults]):
+        if not ok(key):
+            near = sorted(k for k in known if k.split(".")[0] == key.split(".")[0])[:8]
+            raise ConfigError(f"sweep {defn.name}: {what} {key!r} is not a trial field; e.g. {', '.join(near) or 'seed'}")
+
+
+class GridPlan:
+    def __init__(self, driver: Driver):
+        self.d, self.defn, self.args = driver, driver.defn, driver.args
+        self.resumed: dict | None = None
+        self.planned: list[Planned] = []
+
+    # --- before anything starts -----------------------------------------------------------------------------
+    def check_inputs(self) -> None:
+        from hyporay.config import ConfigError
+
+        args = self.args
+        if args.resume:
+            self.resumed = json.loads(find_state(self.d.storage, self.defn.name, args.resume).read_text())
+        elif args.name and "://" not in self.d.storage and (Path(self.d.storage) / args.name).exists():
+            raise ConfigError(f"--name: a sweep named {args.name!r} already exists under {self.d.storage}; --resume "
+                              f"{args.name} continues it, or choose another --name")
+
+    def tracking_uri(self) -> str:
+        return self.resumed["tracking_uri"] if self.resumed else self.d.tracking_uri
+
+    def profile_choice(self) -> tuple[str, str]:
+        if self.resumed:
+            return (self.resumed.get("profile_ref", self.resumed["profile"]),
+                    f"the profile of the resumed sweep {self.resumed['name']}")
+        return self.d.choose(self.args.profile)
+
+    def build(self) -> None:
+        """Every planned trial, validated (one line naming the first bad field), named, deduplicated."""
+        from hyporay.config import ConfigError, load_config
+        from hyporay.engine.cli import parse_list
+
+        if self.resumed:
+            self.planned = [Planned(p["trial"], p["tags"], p["name"]) for p in self.resumed["plan"]]
+            self.values, self.n_seeds = {}, len({p.config["seed"] for p in self.planned})
+            return
+        d, defn, args = self.d, self.defn, self.args
+        check_definition(defn)
+        base = d.base_trial(defn.defaults)
+        values = {}
+        for a in defn.axes:
+            raw = getattr(args, a.flag.lstrip("-").replace("-", "_")) if a.flag else None
+            if raw is not None:
+                values[a.key] = parse_list(raw, a.type, a.flag)
+            elif a.values is not None:
+                values[a.key] = list(a.values)
+            else:
+                prof_vals = d.prof.get("sweep", {}).get(a.key)
+                if not prof_vals:
+                    raise ConfigError(f"profile {d.profile}: sweep.{a.key} is missing (values of the {a.flag} axis)")
+                values[a.key] = list(prof_vals)
+        n_seeds = args.seeds if args.seeds is not None else int(defn.seeds.get(d.profile, d.prof.get("seeds", 1)))
+        seeds = list(range(n_seeds))
+        if defn.grid is None:
+            pairs = product(base, defn.axes, values, seeds)
+        else:
+            pairs = resolve(defn.grid)(base, values, seeds, d.profile)
+        trainers = values.get("train.trainer")
+        planned = []
+        for trial, tags in pairs:
+            cfg = load_config(trial).model_dump()  # every trial valid before any work
+            cfg, shared = canonical(cfg, trainers)
+            planned.append(Planned(with_plugins(cfg), {**tags, **shared}))
+        self.planned = name_all(dedupe(planned), name_keys(defn))
+        self.values, self.n_seeds = values, n_seeds
+
+    def configs(self) -> list[dict]:
+        return [p.config for p in self.planned]
+
+    def dry_run(self) -> None:
+        from hyporay.config import load_config
+
+        shared = sum(CURVES_TAG in p.tags and "," in p.tags[CURVES_TAG] for p in self.planned)
+        shape = ", ".join(f"{k} {','.join(map(str, v))}" for k, v in self.values.items())
+        say(f"{self.defn.name}: {len(self.planned)} trials ({shape}; {self.n_seeds} seeds), profile {self.d.profile}"
+            + (f"; {shared} natural-training trials (λ=0) shared by the TRADES and THRM curves" if shared else ""))
+        for p in self.planned:
+            t = p.config
+            say(f"  {p.name:<40s} data={t['data']['name']} variant={t['variant']['name']} epochs={t['train']['epochs']}"
+                f" train[{load_config(t).train.attack.describe()}]")
+        say(f"eval attack: {load_config(self.planned[0].config).eval.attack.describe()}")
+
+    def load_data(self) -> dict:
+        return load_and_check(self.configs())
+
+    def place(self, resources: dict) -> None:
+        """Device and threads from what each trial gets (a resumed sweep keeps its own)."""
+        from hyporay.config import load_config
+        from hyporay.engine.trainable import trial_key
+
+        if not self.resumed:
+            device, threads = ("cuda" if resources.get("gpu") else "cpu"), max(1, int(resources["cpu"]))
+            for p in self.planned:
+                p.config = load_config(p.config, {"device": device,
+                                                  "threads": p.config.get("threads") or threads}).model_dump()
+        self.keys = [trial_key(p.config) for p in self.planned]
+
+    # --- MLflow and Tune --------------------------------------------------------------------------------------
+    def open_store(self) -> None:
+        """The MLflow experiment (and, for a fresh SQLite file, its schema): run while Ray starts."""
+        from hyporay.engine import tracking
+
+        d = self.d
+        self.experiment = (self.resumed or {}).get("experiment") or d.args.experiment or f"{self.defn.name}-{d.profile}"
+        if not self.resumed:
+            self.exp_id = tracking.ensure_experiment(d.tracking_uri, self.experiment)
+
+    def open_tracking(self) -> None:
+        from hyporay import provenance
+        from hyporay.engine import tracking
+
+        d, defn = self.d, self.defn
+        if self.resumed:
+            r = self.resumed
+            self.run_dir_name, self.exp_id, self.parent_id = r["name"], r["experiment_id"], r["parent_run_id"]
+            d.tracking_uri = r["tracking_uri"]
+            self.command = r.get("command", "")
+        else:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            # a random suffix: two sweeps started in the same second get their own Tune directories
+            self.run_dir_name = d.args.name or f"{defn.name}-{d.profile}-{stamp}-{secrets.token_hex(2)}"
+            c = tracking.client(d.tracking_uri)
+            parent = tracking.retry(c.create_run, self.exp_id, run_name=self.run_dir_name, tags={
+                tracking.ROLE_TAG: "sweep", tracking.SWEEP_TAG: defn.name, "profile": d.profile,
+                **({tracking.FRONTIER_LABEL_TAG: defn.label_key} if defn.frontier else {}), **defn.tags,
+                **tracking.provenance_tags(provenance.code()),
+                provenance.CONFIG: provenance.plan_hash(self.configs())})
+            self.parent_id = parent.info.run_id
+            self.command = command_line()
+            tracking.log_params(c, self.parent_id, {
+                "sweep": defn.name, "profile": d.profile, "n_trials": len(self.planned), "seeds": self.n_seeds,
+                **{f"axis.{k}": v for k, v in self.values.items()}, "resources": d.resources,
+                "storage_path": d.storage, "command": self.command})
+            write_state(d.storage, self.run_dir_name, {
+                "name": self.run_dir_name, "sweep": defn.name, "profile": d.profile, "profile_ref": d.profile_ref,
+                "command": self.command, "experiment": self.experiment, "experiment_id": self.exp_id,
+                "parent_run_id": self.parent_id, "tracking_uri": d.tracking_uri,
+                "plan": [{"trial": p.config, "tags": p.tags, "name": p.name} for p in self.planned]})
+        self.meta = d.meta(self.exp_id, self.parent_id, {})
+
+    def announce(self) -> None:
+        from hyporay.engine.publish import announce
+
+        announce(self.d, self.defn.name, len(self.planned), self.run_dir_name, self.experiment, self.exp_id,
+                 self.parent_id, self.planned[0].config, self.defn.label_key, resumed=bool(self.resumed))
+
+    def total(self) -> int:
+        return len(self.planned)
+
+    def axes(self) -> list[tuple[str, str]]:
+        short = {"train.trainer": "trainer", "train.lam": "λ", "train.attack.eps": "ε", "model.name": "model",
+                 "variant.name": "variant"}
+        keys = [a.key for a in self.defn.axes] + ["seed"]
+        return [(short.get(k, k.split(".")[-1]), k) for k in dict.fromkeys(keys)]
+
+    def outcome_of(self, trial) -> str:
+        return ""
+
+    def callbacks(self) -> list:
+        return []
+
+    def tune_config(self) -> dict:
+        return {}
+
+    def tuner(self, trainable, tune_config, run_config):
+        from ray import tune
+
+        if self.resumed:
+            return tune.Tuner.restore(f"{self.d.storage.rstrip('/')}/{self.run_dir_name}", trainable=trainable,
+                                      resume_errored=True)
+        plans = [{"trial": p.config, "key": k, "name": p.name, "tags": p.tags}
+                 for p, k in zip(self.planned, self.keys)]
+        return tune.Tuner(trainable, param_space={"plan": tune.grid_search(plans), "meta": self.meta},
+                          tune_config=tune_config, run_config=run_config)
+
+    # --- after the trials ---------------------------------------------------------------------------------------
+    def finish(self, results) -> int:
+        from hyporay.analysis import reports, runs
+        from hyporay.engine import publish, tracking
+
+        d, defn = self.d, self.defn
+        errors = [r for r in results if r.error is not None]
+        df = runs.read(d.tracking_uri, self.exp_id, self.parent_id)
+        counts = df["outcome"].value_counts().to_dict() if not df.empty else {}
+        done = counts.get("result", 0) + counts.get("degenerate", 0) + counts.get("diverged", 0)
+        unfinished = len(self.planned) - done - len(errors)
+        out_dir = d.art_dir(self.run_dir_name)
+        artefacts, pts, caption = [], [], ""
+        title = publish.title(defn.name, d.profile, df)
+        if defn.frontier:
+            pts, paths, caption = reports.frontier(df, out_dir, title, self.planned[0].config, d.profile,
+                                                   defn.label_key)
+            artefacts += paths
+        if defn.after is not None:
+            ctx = {"table": df, "trials": self.configs(), "plan": self.planned, "profile": d.profile,
+                   "out_dir": out_dir, "args": d.args, "say": say, "command": self.command,
+                   "parent_run_id": self.parent_id, "tracking_uri": d.tracking_uri}
+            artefacts += resolve(defn.after)(ctx)
+        c = tracking.client(d.tracking_uri)
+        view = publish.to_parent(c, d.tracking_uri, self.exp_id, self.parent_id, df, artefacts,
+                                 note=publish.note(title, caption, pts, df), label_key=defn.label_key)
+        tracking.set_tags(c, self.parent_id, {"errored_trials": str(len(errors))})
+        if not unfinished:  # an interrupted sweep's parent stays RUNNING until --resume completes it
+            tracking.retry(c.set_terminated, self.parent_id,
+                           "FAILED" if errors and len(errors) == len(self.planned) else "FINISHED")
+        publish.summary(d, df, pts, caption, errors, unfinished, artefacts, self.experiment, self.exp_id,
+                        self.parent_id, view, self.run_dir_name)
+        return 130 if unfinished else 1 if errors else 0
+
+
+def parts_tags(*parts: str, curves: list[str] | None = None) -> dict[str, str]:
+    """Tags a grid gives a planned trial: the parts of the paper it serves and the curves it feeds."""
+    tags = {PARTS_TAG: ",".join(parts)} if parts else {}
+    if curves:
+        tags[CURVES_TAG] = ",".join(curves)
+    return tags

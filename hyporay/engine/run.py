@@ -1,0 +1,256 @@
+"""The driver every sweep and search goes through: inputs checked, profile chosen, the plan built and validated,
+data loaded once, Ray started, MLflow's experiment and parent run opened, one Ray Tune run, the results read once
+into the runs table, artefacts and the closing summary. A grid sweep (``hyporay.engine.grid``) and an Optuna search
+(``hyporay.engine.study``) differ only in who proposes the trials and who may stop one early."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from hyporay.cliutil import run_user_command
+from hyporay.cluster.resources import bind_loopback_if_local, shutdown_ray
+from hyporay.engine import cli
+from hyporay.engine.definition import SweepDefinition
+from hyporay.engine.definition import configs_dir as default_configs_dir
+from hyporay.engine.search import SearchDefinition
+
+
+def build_parser(defn: SweepDefinition | SearchDefinition):
+    p = cli.parser(f"sweeps/{defn.name}.py", defn.description)
+    if isinstance(defn, SearchDefinition):
+        from hyporay.engine.search import add_search_flags
+
+        add_search_flags(p, defn)
+    else:
+        cli.add_sweep_flags(p, defn.axes)
+        if defn.options is not None:
+            defn.options(p)
+    return p
+
+
+def main(defn: SweepDefinition | SearchDefinition, argv: list[str] | None = None,
+         configs_dir: Path | None = None) -> int:
+    """A sweep or search script's entry point: exit status 0 done, 1 some trial failed, 2 user error (one line),
+    130 interrupted (``--resume`` continues)."""
+    try:
+        return run(defn, argv, configs_dir)
+    finally:
+        shutdown_ray()
+
+
+def run(defn: SweepDefinition | SearchDefinition, argv: list[str] | None = None,
+        configs_dir: Path | None = None) -> int:
+    """``main`` without shutting Ray down afterwards (a bench running several studies on one Ray)."""
+    args = build_parser(defn).parse_args(argv)
+    bind_loopback_if_local(args.address)  # before anything imports ray
+    return run_user_command(lambda: Driver(defn, args, configs_dir or default_configs_dir()).run(), defn.name)
+
+
+def plan(defn: SweepDefinition | SearchDefinition, argv: list[str], configs_dir: Path | None = None):
+    """The plan a command line makes (what ``--dry-run`` lists), without starting anything: for tests and tools
+    (e.g. that a committed report still matches the trials the code would run)."""
+    args = build_parser(defn).parse_args([*argv, "--dry-run"])
+    return Driver(defn, args, configs_dir or default_configs_dir()).prepare(quiet=True)
+
+
+def say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def command_line() -> str:
+    """The command this process was started with, as a user would retype it from the same directory."""
+    return "python " + shlex.join(sys.argv)
+
+
+class Driver:
+    def __init__(self, defn, args, configs_dir: Path):
+        from hyporay.engine import tracking
+
+        self.defn, self.args, self.configs_dir = defn, args, configs_dir
+        self.workdir = Path.cwd()
+        # on a cluster both come from the environment cluster.yaml sets up (one place for each)
+        self.tracking_uri = (args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                             or tracking.default_tracking_uri(self.workdir))
+        raw = args.storage_path or os.environ.get("HYPORAY_STORAGE_PATH") or "hyporay_runs"
+        self.storage = raw if "://" in raw else str((self.workdir / raw).resolve())
+        self.info = None
+
+    def prepare(self, quiet: bool = False):
+        """Everything before work starts: inputs checked, profile chosen, every trial planned and validated."""
+        from hyporay.engine.definition import load_profile, profile_name
+
+        if self.args.profile != "auto":
+            load_profile(self.configs_dir, self.args.profile)  # a missing or malformed profile: one line, now
+        plan = self._plan_class()(self)
+        plan.check_inputs()  # cheap checks first: nothing starts before the inputs are known to be good
+        if not self.args.dry_run:
+            from hyporay.engine import tracking
+
+            tracking.check_reachable(plan.tracking_uri())
+        self.profile_ref, why = plan.profile_choice()
+        self.profile = profile_name(self.profile_ref)
+        if not quiet:
+            say(f"profile: {self.profile} ({why})")
+        self.prof = load_profile(self.configs_dir, self.profile_ref)
+        plan.build()
+        return plan
+
+    def run(self) -> int:
+        if not self.args.verbose:
+            from hyporay.engine.console import quiet_logs
+
+            quiet_logs()
+        plan = self.prepare()
+        if self.args.dry_run:
+            plan.dry_run()
+            return 0
+        datasets = plan.load_data()
+        # the tracking store (a fresh SQLite file takes seconds to create) while Ray starts: the two wait on
+        # different things
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            store = pool.submit(plan.open_store)
+            self.start_ray()
+            store.result()
+        plan.place(self.resources)
+        plan.open_tracking()
+        plan.announce()
+        results = self.fit(plan, datasets)
+        return plan.finish(results)
+
+    def _plan_class(self):
+        if isinstance(self.defn, SearchDefinition):
+            from hyporay.engine.study import StudyPlan
+
+            return StudyPlan
+        from hyporay.engine.grid import GridPlan
+
+        return GridPlan
+
+    # --- pieces the plans share ---------------------------------------------------------------------------
+
+    def cluster(self):
+        """Connect to the cluster named by --address / RAY_ADDRESS (only then: a local Ray waits until the plan is
+        validated); its ClusterInfo, or None."""
+        from hyporay.cluster.resources import cluster_info, init_ray, joins_cluster
+
+        if self.info is None and joins_cluster(self.args.address):
+            init_ray(self.args.address)
+            self.info = cluster_info()
+        return self.info
+
+    def choose(self, requested: str) -> tuple[str, str]:
+        import torch
+
+        from hyporay.engine.definition import choose_profile, is_profile_path
+
+        info = self.cluster() if requested == "auto" else None
+        ref, why = choose_profile(requested, info, torch.cuda.device_count())
+        if is_profile_path(ref):
+            ref = str(Path(ref).expanduser().resolve())
+        return ref, why
+
+    def base_trial(self, sweep_defaults: dict) -> dict:
+        """The profile's trial section, the sweep's own fields, then ``--set``; paths absolute (workers run
+        elsewhere)."""
+        from hyporay.config import merge, parse_overrides
+        from hyporay.dotted import put
+        from hyporay.engine.grid import absolute_paths
+
+        own: dict = {}
+        for k, v in sweep_defaults.items():
+            put(own, k, v)
+        return absolute_paths(merge(merge(self.prof.get("trial", {}), own), parse_overrides(self.args.set)),
+                              self.workdir)
+
+    def start_ray(self) -> None:
+        from hyporay.cluster.resources import cluster_info, init_ray, trial_resources
+
+        if self.info is None:
+            init_ray(self.args.address)
+            self.info = cluster_info()
+        res = self.prof.get("resources", {})
+        self.resources = trial_resources(self.info, cpus_per_trial=self.args.cpus_per_trial or res.get(
+            "cpus_per_trial", 1), gpu_fraction=self.args.gpu_fraction or res.get("gpu_fraction", 1.0),
+            gpus_per_trial=self.args.gpus_per_trial)
+
+    def meta(self, experiment_id: str, parent_id: str, tags: dict, **extra) -> dict:
+        from hyporay.engine import tracking
+
+        meta = {"tracking_uri": self.tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent_id,
+                "tags": {"profile": self.profile, tracking.SWEEP_TAG: self.defn.name, **tags}, **extra}
+        if self.args.audit:
+            meta["audit"] = {}  # run_audit options (empty: the defaults of `hyporay audit`)
+        if self.args.chaos_exit_after_epoch is not None:
+            meta["chaos_exit_after_epoch"] = {"epoch": self.args.chaos_exit_after_epoch,
+                                              "marker_dir": str(Path(self.args.chaos_dir or self.workdir).resolve()),
+                                              **extra.pop("chaos", {})}
+        return meta
+
+    def fit(self, plan, datasets):
+        """One Ray Tune run of the plan: trials named as their MLflow runs, hyporay's console (or Tune's own with
+        --verbose), retries from the last checkpoint."""
+        from ray import tune
+
+        from hyporay.engine.console import Console, Events, name_of
+        from hyporay.engine.trainable import tune_trainable
+
+        trainable = tune.with_resources(tune.with_parameters(tune_trainable, datasets=datasets), self.resources)
+        events = []
+        if not self.args.verbose:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's legacy console honours a progress reporter
+            events = [Events(self.args.max_failures, say)]
+        console = None if self.args.verbose else Console(plan.total(), self.args.progress_every, plan.axes(), say,
+                                                         plan.outcome_of)
+        run_config = tune.RunConfig(
+            name=plan.run_dir_name, storage_path=self.storage, verbose=2 if self.args.verbose else 1,
+            progress_reporter=console, callbacks=[*plan.callbacks(), *events],
+            failure_config=tune.FailureConfig(max_failures=self.args.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+        tune_config = tune.TuneConfig(reuse_actors=True,  # same resources: no worker start per trial
+                                      trial_name_creator=name_of, trial_dirname_creator=name_of,
+                                      **plan.tune_config())
+        tuner = plan.tuner(trainable, tune_config, run_config)
+        start = time.perf_counter()
+        results = tuner.fit()
+        self.seconds = time.perf_counter() - start
+        return results
+
+    def art_dir(self, name: str) -> Path:
+        return Path(self.storage if "://" not in self.storage else self.workdir / "hyporay_runs") / name / "artefacts"
+
+
+# --- the sweep state kept for --resume ----------------------------------------------------------------------
+
+STATE_FILE = "hyporay_sweep.json"
+
+
+def state_root(storage: str) -> Path:
+    return Path(storage) if "://" not in storage else Path("hyporay_runs")
+
+
+def write_state(storage: str, name: str, state: dict) -> None:
+    path = state_root(storage) / name / STATE_FILE  # remote storage: the driver-side state stays local
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(state, indent=1, default=str))
+
+
+def find_state(storage: str, sweep: str, which: str) -> Path:
+    from hyporay.config import ConfigError
+
+    root = state_root(storage)
+    if which != "latest":
+        p = root / which / STATE_FILE
+        if not p.is_file():
+            raise ConfigError(f"--resume: no sweep named {which!r} under {root}")
+        return p
+    found = sorted((p for p in root.glob(f"*/{STATE_FILE}") if json.loads(p.read_text()).get("sweep") == sweep),
+                   key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ConfigError(f"--resume: no interrupted {sweep} sweep under {root}")
+    return found[-1]

@@ -1,0 +1,379 @@
+"""Optuna searches on the one engine: who proposes the next trial (a seeded Optuna sampler) and who may stop one
+early (the study's Optuna pruner), over the same Tune trials, console, MLflow runs and resources as the sweeps.
+
+- ``defender_budget``: minimise ``hypocritical_risk + penalty * max(0, natural_risk - max_natural_risk)`` over the
+  training eps (optionally λ and the attack steps), one trainer, pruned after every evaluated epoch. A penalty, not
+  a sampler constraint: the pruner compares per-epoch values and must see the accuracy too.
+- ``pareto``: minimise (natural_risk, hypocritical_risk) with NSGA-II over trainer, λ and eps; Optuna cannot prune
+  multi-objective studies.
+
+This module holds the pure parts (definitions, the search space, the objective, pruner and sampler factories, the
+flags); ``hyporay.engine.optuna_tune`` connects them to Ray Tune.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from hyporay.engine.cli import count, fraction, non_negative
+
+OBJECTIVE = "objective"                 # metric and Optuna value of the budget search
+EPOCHS_TRAINED = "epochs_trained"       # per trial: epochs it really trained (pruned trials: fewer)
+STATE_TAG = "optuna_state"              # child run tag: COMPLETE / PRUNED / FAIL
+STUDY_TAG = "optuna.study_name"
+STORAGE_TAG = "optuna.storage"
+TRIAL_NUMBER_TAG = "optuna.trial_number"
+ROLE_STUDY = "study"                    # hyporay.role of a study's parent run (a grid sweep's is "sweep")
+DRIVER_ATTR = "hyporay.driver"          # trial user attr: {"host", "pid"} of the driver that asked it
+PRUNERS = ("median", "percentile", "halving", "hyperband", "none")
+SAMPLERS = ("tpe", "random")
+STATES = ("COMPLETE", "PRUNED", "FAIL")
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
+
+# Search-space defaults per profile (the profile YAMLs hold the trial settings; these are the search's own).
+# Unknown profiles take "local"'s, with the eps range derived from the profile's training eps.
+SEARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "local": {  # digits: eval eps 0.1; 20 epochs, evaluated every 5
+        "eps": (0.005, 0.4), "lam": 6.0, "lam_range": (0.5, 80.0), "steps_range": (2, 20),
+        "trainers": ("trades", "thrm"), "max_natural_risk": 0.15, "n_trials": 16, "sampler_startup": 5,
+        "pruner_startup": 3, "pruner_warmup": 4, "population": 8,
+    },
+    "paper": {  # CIFAR-10: eval eps 8/255; 110 epochs, evaluated every 10
+        "eps": (1 / 255, 16 / 255), "lam": 6.0, "lam_range": (1.0, 100.0), "steps_range": (3, 10),
+        "trainers": ("trades", "thrm"), "max_natural_risk": 0.20, "n_trials": 32, "sampler_startup": 8,
+        "pruner_startup": 4, "pruner_warmup": 20, "population": 16,
+    },
+}
+
+
+@dataclass(frozen=True)
+class SearchDefinition:
+    name: str                  # script name; default experiment "<name>-<profile>"
+    description: str
+    multi_objective: bool      # False: penalised objective, pruned; True: (R_nat, R_hyp), NSGA-II, no pruning
+    # trial fields every trial of this search gets (dotted key -> value), over the profile's trial section
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+BUDGET = SearchDefinition(
+    "defender_budget",
+    "Optuna search of the defender's training budget (eps; optionally lambda and attack steps) for the smallest "
+    "hypocritical risk under a natural-risk ceiling, with real Optuna pruning, trials on Ray Tune",
+    multi_objective=False, defaults={"train.trainer": "thrm", "train.attack.step_size": None})
+PARETO = SearchDefinition(
+    "pareto",
+    "NSGA-II search of the natural-vs-hypocritical trade-off over trainer, lambda and eps; logs the Pareto set",
+    multi_objective=True, defaults={"train.attack.step_size": None})
+
+
+# --- search space ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Param:
+    """One searched trial field: ``name`` is the Optuna parameter (plots, dashboard), ``key`` the dotted field."""
+
+    name: str
+    key: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: tuple | None = None
+
+    def distribution(self):
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.choices is not None:
+            return CategoricalDistribution(list(self.choices))
+        if self.integer:
+            return IntDistribution(int(self.low), int(self.high), log=self.log)
+        return FloatDistribution(float(self.low), float(self.high), log=self.log)
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return f"{self.name} in {{{', '.join(map(str, self.choices))}}}"
+        return f"{self.name} in [{self.low:g}, {self.high:g}] {'log' if self.log else 'linear'}"
+
+    def ends(self) -> tuple:
+        return self.choices if self.choices is not None else (self.low, self.high)
+
+
+def parse_range(raw: str, flag: str, *, log: bool, integer: bool = False, minimum: float = 0.0,
+                scale_flag: str | None = None) -> tuple[float, float]:
+    """``"LOW,HIGH"`` -> (low, high), checked: numbers, >= minimum, low <= high, low > 0 on a log scale."""
+    from hyporay.config import ConfigError
+
+    parts = [p.strip() for p in str(raw).split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"{flag}: expected LOW,HIGH (e.g. {'2,20' if integer else '0.01,0.3'}), got {raw!r}")
+    vals = []
+    for p in parts:
+        try:
+            v = float(p)
+        except ValueError:
+            raise ConfigError(f"{flag}: cannot read {p!r} as a number") from None
+        if not math.isfinite(v):
+            raise ConfigError(f"{flag}: must be finite, got {p}")
+        if integer and not v.is_integer():
+            raise ConfigError(f"{flag}: must be whole numbers, got {p}")
+        vals.append(int(v) if integer else v)
+    low, high = vals
+    if low < minimum:
+        raise ConfigError(f"{flag}: must be >= {minimum:g}, got {low:g}")
+    if low > high:
+        raise ConfigError(f"{flag}: low {low:g} > high {high:g}")
+    if log and low <= 0:
+        hint = f"; use {scale_flag} linear" if scale_flag else ""
+        raise ConfigError(f"{flag}: a log scale needs low > 0, got {low:g}{hint}")
+    return low, high
+
+
+def _trainers(raw: str, single: bool) -> tuple[str, ...]:
+    from hyporay.config import ConfigError
+    from hyporay.trainers import LOSSES
+
+    names = tuple(t.strip() for t in raw.split(",") if t.strip())
+    bad = [t for t in names if t not in LOSSES]
+    if bad or not names:
+        raise ConfigError(f"--trainers: unknown {bad[0]!r}; known: {', '.join(sorted(LOSSES))}" if bad
+                          else "--trainers: give at least one")
+    if single and len(names) > 1:
+        raise ConfigError(f"--trainers: the budget search trains one trainer, got {', '.join(names)}")
+    return names
+
+
+def fixed_lambda(args) -> float | None:
+    """The one λ of ``--lambdas`` (a search takes a fixed λ, or searches ``--lam-range``)."""
+    from hyporay.config import ConfigError
+    from hyporay.engine.cli import parse_list
+
+    if args.lambdas is None:
+        return None
+    vals = parse_list(args.lambdas, float, "--lambdas")
+    if len(vals) != 1:
+        raise ConfigError(f"--lambdas: a search takes one fixed lambda (or --lam-range), got {len(vals)}")
+    if vals[0] < 0 or not math.isfinite(vals[0]):
+        raise ConfigError(f"--lambdas: must be >= 0, got {vals[0]:g}")
+    return vals[0]
+
+
+def build_space(defn: SearchDefinition, args, defaults: dict) -> list[Param]:
+    """The search space from the flags, the profile's defaults filling what the flags leave open."""
+    from hyporay.config import ConfigError
+
+    log_eps = args.eps_scale == "log"
+    eps = parse_range(args.eps_range or ",".join(map(str, defaults["eps"])), "--eps-range", log=log_eps,
+                      scale_flag="--eps-scale")
+    space = [Param("eps", "train.attack.eps", *eps, log=log_eps)]
+    if defn.multi_objective:
+        trainers = _trainers(args.trainers, False) if args.trainers else tuple(defaults["trainers"])
+        space.insert(0, Param("trainer", "train.trainer", choices=trainers))
+    lam = fixed_lambda(args)
+    lam_range = args.lam_range
+    if lam_range is None and defn.multi_objective and lam is None:
+        lam_range = ",".join(str(v) for v in defaults["lam_range"])
+    if lam_range is not None:
+        if lam is not None:
+            raise ConfigError("--lambdas and --lam-range: give one (a fixed lambda, or a range to search)")
+        lo, hi = parse_range(lam_range, "--lam-range", log=args.lam_scale == "log", scale_flag="--lam-scale")
+        space.append(Param("lam", "train.lam", lo, hi, log=args.lam_scale == "log"))
+    if args.steps_range is not None:
+        lo, hi = parse_range(args.steps_range, "--steps-range", log=args.steps_scale == "log", integer=True,
+                             minimum=1, scale_flag="--steps-scale")
+        space.append(Param("steps", "train.attack.steps", lo, hi, log=args.steps_scale == "log", integer=True))
+    return space
+
+
+def search_defaults(profile: str, prof: dict) -> dict[str, Any]:
+    if profile in SEARCH_DEFAULTS:
+        return dict(SEARCH_DEFAULTS[profile])
+    out = dict(SEARCH_DEFAULTS["local"])
+    eps = float(prof.get("trial", {}).get("train", {}).get("attack", {}).get("eps", 0.1) or 0.1)
+    out["eps"] = (eps / 8, min(1.0, eps * 2))
+    return out
+
+
+def base_overrides(defn: SearchDefinition, args, space: list[Param], defaults: dict) -> dict:
+    """The search's own trial fields (its defaults, the trainer, a fixed λ) as a nested dict."""
+    from hyporay.dotted import put
+
+    over: dict = {}
+    for k, v in defn.defaults.items():
+        put(over, k, v)
+    if not defn.multi_objective and args.trainers:
+        put(over, "train.trainer", _trainers(args.trainers, True)[0])
+    if not any(p.key == "train.lam" for p in space):
+        lam = fixed_lambda(args)
+        put(over, "train.lam", defaults["lam"] if lam is None else lam)
+    return over
+
+
+def trial_config(base: dict, space: list[Param], params: dict[str, Any]) -> dict:
+    """The full trial config (validated) of one set of Optuna parameters."""
+    from hyporay.config import load_config, merge
+    from hyporay.dotted import put
+
+    over: dict = {}
+    for p in space:
+        if p.name in params:
+            put(over, p.key, params[p.name])
+    return load_config(merge(base, over)).model_dump()
+
+
+# --- objective ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Objective:
+    """``hypocritical_risk + penalty * max(0, natural_risk - max_natural_risk)`` (budget search)."""
+
+    max_natural_risk: float
+    penalty: float = 10.0
+
+    def value(self, metrics: dict) -> float:
+        from hyporay import metrics as M
+
+        nat = float(metrics[M.NATURAL_RISK])
+        return hypocritical(metrics) + self.penalty * max(0.0, nat - self.max_natural_risk)
+
+    def feasible(self, metrics: dict) -> bool:
+        from hyporay import metrics as M
+
+        return float(metrics[M.NATURAL_RISK]) <= self.max_natural_risk
+
+
+def hypocritical(metrics: dict) -> float:
+    """R_hyp(D-); a model without mistakes (empty D-, NaN with no mistake) counts as 0: nothing to pass off."""
+    from hyporay import metrics as M
+
+    v = float(metrics.get(M.HYPOCRITICAL_RISK, math.nan))
+    return 0.0 if math.isnan(v) and float(metrics.get(M.N_MISCLASSIFIED, 1)) == 0 else v
+
+
+def objective_values(metrics: dict, objective: Objective | None) -> list[float] | None:
+    """The Optuna value(s) of an evaluation: [objective] or [R_nat, R_hyp(D-)]; None when the numbers are not
+    results (a degenerate model, missing risks): such a trial is left out of the study (FAIL, with the reason)."""
+    from hyporay import metrics as M
+
+    if metrics.get(M.DEGENERATE) or M.NATURAL_RISK not in metrics:
+        return None
+    nat, hyp = float(metrics[M.NATURAL_RISK]), hypocritical(metrics)
+    if math.isnan(nat) or math.isnan(hyp):
+        return None
+    return [nat, hyp] if objective is None else [objective.value(metrics)]
+
+
+# --- pruners and samplers -------------------------------------------------------------------------------
+
+def make_pruner(spec: dict):
+    """An Optuna pruner from a plain dict (recorded with the study's MLflow parent)."""
+    import optuna
+
+    from hyporay.config import ConfigError
+
+    name = spec.get("name", "median")
+    startup, warmup = int(spec.get("startup", 5)), int(spec.get("warmup", 0))
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=warmup)
+    if name == "percentile":
+        return optuna.pruners.PercentilePruner(float(spec.get("percentile", 25.0)), n_startup_trials=startup,
+                                               n_warmup_steps=warmup)
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.get("min_resource", "auto"),
+                                                      reduction_factor=int(spec.get("reduction_factor", 3)))
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=int(spec.get("min_resource") or 1),
+                                              max_resource=spec.get("max_resource", "auto"),
+                                              reduction_factor=int(spec.get("reduction_factor", 3)))
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ConfigError(f"--pruner: unknown {name!r}; known: {', '.join(PRUNERS)}")
+
+
+def pruner_spec(args, defaults: dict, trial: dict) -> dict:
+    """The pruner's settings; resources (halving, hyperband) in epochs: the first evaluation to the last."""
+    from hyporay.config import ConfigError
+
+    every, epochs = int(trial["eval"]["every"]), int(trial["train"]["epochs"])
+    spec: dict[str, Any] = {"name": args.pruner}
+    if args.pruner in ("median", "percentile"):
+        spec["startup"] = defaults["pruner_startup"] if args.pruner_startup is None else args.pruner_startup
+        spec["warmup"] = defaults["pruner_warmup"] if args.pruner_warmup is None else args.pruner_warmup
+    if args.pruner == "percentile":
+        if not 0 < args.percentile < 100:
+            raise ConfigError(f"--percentile: must be in (0, 100), got {args.percentile:g}")
+        spec["percentile"] = args.percentile
+    if args.pruner in ("halving", "hyperband"):
+        spec.update(min_resource=min(every, epochs) or 1, reduction_factor=args.reduction_factor)
+        if args.pruner == "hyperband":
+            spec["max_resource"] = max(epochs, 1)
+    return spec
+
+
+def describe_pruner(spec: dict) -> str:
+    extra = {k: v for k, v in spec.items() if k != "name"}
+    return spec["name"] + ("(" + ", ".join(f"{k}={v}" for k, v in extra.items()) + ")" if extra else "")
+
+
+def make_sampler(defn: SearchDefinition, name: str, seed: int, startup: int, population: int):
+    import optuna
+
+    if defn.multi_objective:  # Optuna 5's default multi-objective sampler is TPE: NSGA-II explicitly
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+
+
+# --- flags ----------------------------------------------------------------------------------------------
+
+def add_search_flags(p: argparse.ArgumentParser, defn: SearchDefinition) -> None:
+    """The search's own flags, in the sweeps' vocabulary (--trainers, --lambdas); old names kept as aliases."""
+    p.add_argument("--study-name", help="Optuna study; an existing one is continued (default "
+                                        f"{defn.name}-<profile>-<timestamp>: a new study)")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="STUDY",
+                   help="continue a study (the latest one of this search in --study-storage, or STUDY): its "
+                        "interrupted trials end FAIL, then --n-trials more run")
+    p.add_argument("--study-storage", "--storage", dest="storage",
+                   help="Optuna storage: a JournalStorage file (default ./optuna.journal), sqlite:///PATH, "
+                        "postgresql://..., mysql://..., or redis://HOST:PORT; only the driver opens it")
+    p.add_argument("--n-trials", type=count(1), help="trials to run now (added to a continued study); default: the "
+                                                     "profile's (local 16, paper 32)")
+    p.add_argument("--parallel", type=count(1), help="trials running at once (default: as many as the cluster "
+                                                     "fits)")
+    p.add_argument("--sampler-seed", "--seed", dest="seed", type=int, default=0,
+                   help="sampler seed (a continued study adds its number of trials)")
+    p.add_argument("--trainers", "--trainer", dest="trainers",
+                   help="trainers searched, comma-separated (default trades,thrm)" if defn.multi_objective
+                   else "the defender's trainer (default thrm)")
+    p.add_argument("--eps-range", metavar="LOW,HIGH", help="training eps range, pixel units of [0,1] inputs "
+                                                           "(default: local 0.005,0.4; paper 1/255,16/255)")
+    p.add_argument("--eps-scale", choices=("log", "linear"), default="log", help="how eps is sampled")
+    p.add_argument("--lambdas", "--lam", dest="lambdas", metavar="LAMBDA",
+                   help="a fixed lambda (default 6)" + ("; give this or --lam-range" if defn.multi_objective else ""))
+    p.add_argument("--lam-range", metavar="LOW,HIGH", help="search lambda in this range" + (
+        " (default: local 0.5,80; paper 1,100)" if defn.multi_objective else " (default: a fixed --lambdas)"))
+    p.add_argument("--lam-scale", choices=("log", "linear"), default="log", help="how lambda is sampled")
+    p.add_argument("--steps-range", metavar="LOW,HIGH", help="also search the training attack's PGD steps")
+    p.add_argument("--steps-scale", choices=("log", "linear"), default="linear", help="how steps are sampled")
+    if defn.multi_objective:
+        p.add_argument("--population-size", type=count(2), help="NSGA-II population (default: local 8, paper 16)")
+        return
+    p.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler (seeded)")
+    p.add_argument("--sampler-startup", type=count(0), help="TPE's random trials before it models (default: "
+                                                            "local 5, paper 8)")
+    p.add_argument("--max-natural-risk", type=fraction, help="natural-risk ceiling of the objective: trials above "
+                                                             "it are penalised (default: local 0.15, paper 0.20)")
+    p.add_argument("--penalty", type=non_negative, default=10.0,
+                   help="objective = hypocritical_risk + PENALTY * max(0, natural_risk - ceiling)")
+    p.add_argument("--pruner", choices=PRUNERS, default="median",
+                   help="Optuna pruner, asked after every evaluated epoch; halving = successive halving (resources "
+                        "in epochs)")
+    p.add_argument("--pruner-startup", type=count(0), help="median/percentile: completed trials before pruning "
+                                                           "(default: local 3, paper 4)")
+    p.add_argument("--pruner-warmup", type=count(0), help="median/percentile: no pruning before this epoch "
+                                                          "(default: local 4, paper 20)")
+    p.add_argument("--percentile", type=float, default=25.0, help="percentile pruner: keep the best P%%")
+    p.add_argument("--reduction-factor", type=count(2), default=3, help="successive halving / hyperband")

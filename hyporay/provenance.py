@@ -1,0 +1,97 @@
+"""Where a number came from: the code (git commit, dirty tree and a hash of its diff, hyporay's version) and the
+exact trial configuration (a hash). Recorded on every MLflow run, in metrics.json and in checkpoints, so that a
+report can say which code produced it and a stale one can be told from a fresh one.
+
+No Ray, MLflow or Optuna here; git is asked once per process (the code a process runs does not change under it).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from hyporay.dotted import flatten
+
+COMMIT = "hyporay.git_commit"          # full sha of HEAD, or "unknown (...)" outside a checkout
+DIRTY = "hyporay.git_dirty"            # "true" / "false" / "unknown"
+DIFF = "hyporay.git_diff_sha256"       # sha256 of the uncommitted changes (tracked diff + untracked files)
+VERSION = "hyporay.version"
+CONFIG = "hyporay.config_sha256"       # ``config_hash`` of the trial
+KEYS = (COMMIT, DIRTY, DIFF, VERSION)
+
+# Fields that say where and how a trial runs, not what it computes: left out of the config hash, so the same
+# trial hashes alike on a laptop and on a cluster node (absolute data paths, devices and threads differ there).
+# ``imports`` (where your own data sets and models are defined) is a path that differs between machines too.
+PLACEMENT_FIELDS = ("device", "threads", "data.root", "data.download", "data.cache_dir", "imports")
+
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _git(*args: str) -> bytes:
+    return subprocess.run(["git", "-C", str(SOURCE_ROOT), *args], capture_output=True, check=True,
+                          timeout=30).stdout
+
+
+@functools.lru_cache(maxsize=1)
+def code() -> dict[str, str]:
+    """The code this process runs: ``{COMMIT, DIRTY, DIFF, VERSION}`` (strings, as MLflow tags)."""
+    try:
+        version = metadata.version("hyporay")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    out = {VERSION: version}
+    try:
+        commit = _git("rev-parse", "HEAD").decode().strip()
+        status = _git("status", "--porcelain", "--untracked-files=all").decode()
+    except (OSError, subprocess.SubprocessError):
+        return out | {COMMIT: "unknown (not a git checkout)", DIRTY: "unknown", DIFF: ""}
+    h = hashlib.sha256(_git("diff", "HEAD", "--binary"))
+    for line in sorted(status.splitlines()):
+        if line.startswith("??"):  # untracked files change what runs too: their names and contents
+            path = line[3:].strip().strip('"')
+            h.update(path.encode())
+            try:
+                h.update((SOURCE_ROOT / path).read_bytes())
+            except OSError:
+                pass
+    dirty = bool(status.strip())
+    return out | {COMMIT: commit, DIRTY: "true" if dirty else "false", DIFF: h.hexdigest() if dirty else ""}
+
+
+def identity(trial: dict) -> dict[str, Any]:
+    """The dotted fields of a trial config that determine its numbers (``PLACEMENT_FIELDS`` left out)."""
+    return {k: v for k, v in sorted(flatten(trial).items())
+            if not any(k == f or k.startswith(f + ".") for f in PLACEMENT_FIELDS)}
+
+
+def config_hash(trial: dict) -> str:
+    """sha256 of ``identity(trial)``: equal for the same trial wherever it runs."""
+    return hashlib.sha256(json.dumps(identity(trial), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def plan_hash(trials: list[dict]) -> str:
+    """sha256 over the sorted config hashes of a sweep's trials: the same plan, the same hash."""
+    return hashlib.sha256("\n".join(sorted(config_hash(t) for t in trials)).encode()).hexdigest()
+
+
+def of_trial(trial: dict) -> dict[str, str]:
+    """Provenance of one trial: the code and the config hash."""
+    return code() | {CONFIG: config_hash(trial)}
+
+
+def is_clean(prov: dict) -> bool:
+    return prov.get(DIRTY) == "false" and not str(prov.get(COMMIT, "unknown")).startswith("unknown")
+
+
+def describe(prov: dict) -> str:
+    """``commit abc1234`` / ``commit abc1234 + uncommitted changes (diff 9f3e...)`` / ``unknown code``."""
+    commit = str(prov.get(COMMIT, "unknown"))
+    if commit.startswith("unknown"):
+        return "unknown code (not a git checkout)"
+    if prov.get(DIRTY) == "true":
+        return f"commit {commit[:12]} + uncommitted changes (diff {str(prov.get(DIFF, ''))[:12]})"
+    return f"commit {commit[:12]}"

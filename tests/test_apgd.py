@@ -1,0 +1,201 @@
+"""APGD: the PGD engine's invariants for every threat model x objective x score, and its strength."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from hyporay.attacks import OBJECTIVES, THREAT_MODELS, AttackSpec, apgd, make_objective, pgd
+from hyporay.attacks.apgd import checkpoints
+from hyporay.attacks.pgd import _start, prepare_attack
+
+NORMS = sorted(THREAT_MODELS)
+EPS = {"linf": 0.1, "l2": 1.0}
+# every objective with its own loss; the margin (DLR) score where it is defined
+CASES = [(n, o, s) for n, o, s in itertools.product(NORMS, sorted(OBJECTIVES), ("ce", "margin"))
+         if not (o == "stability" and s == "margin")]
+
+
+def _target(objective, y):
+    return (y + 1) % 10 if objective == "targeted" else None
+
+
+def _score_and_success(model, objective, score, x_adv, x, y, target):
+    obj = make_objective(objective, score)
+    with torch.no_grad():
+        if objective == "stability":
+            obj.prepare(model(x))
+        logits = model(x_adv)
+        return obj.score(logits, y, target), obj.success(logits, y, target)
+
+
+@pytest.fixture(scope="module")
+def batch(digits):
+    return digits.x_test[:64], digits.y_test[:64]
+
+
+@pytest.mark.parametrize("norm,objective,score", CASES)
+def test_ball_box_modes_grads_and_score_beats_start(bn_cnn, batch, norm, objective, score):
+    x, y = batch
+    model, target = bn_cnn, _target(objective, y)
+    model.train()
+    frozen = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    frozen.eval()  # a sub-module deliberately in eval mode must stay so
+    first = next(model.parameters())
+    first.requires_grad_(False)  # a deliberately frozen parameter must stay frozen
+    try:
+        x_adv = apgd(model, x, y, eps=EPS[norm], steps=10, norm=norm, objective=objective, score=score,
+                     target=target, generator=torch.Generator().manual_seed(3))
+        assert model.training and not frozen.training
+        assert all(m.training for m in model.modules() if m is not frozen)
+        assert not first.requires_grad
+        assert all(p.requires_grad for p in model.parameters() if p is not first)
+        assert all(p.grad is None for p in model.parameters())
+    finally:
+        first.requires_grad_(True)
+        model.eval()
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and not x_adv.requires_grad
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    size = THREAT_MODELS[norm].norm(x_adv - x)
+    assert (size <= EPS[norm] + 1e-6).all()
+    assert (size > 1e-3).any(), "the attack never moved"
+
+    # the objective's score at the output beats the start (same draws), unless success was gained
+    _, kind, sigma = prepare_attack(x, y, objective, score, target, "auto", None)
+    x0 = _start(x, EPS[norm], THREAT_MODELS[norm], kind, sigma, torch.Generator().manual_seed(3))
+    s0, ok0 = _score_and_success(model, objective, score, x0, x, y, target)
+    s1, ok1 = _score_and_success(model, objective, score, x_adv, x, y, target)
+    assert ((s1 >= s0 - 1e-6) | (ok1 & ~ok0)).all()
+    assert ok1.sum() >= ok0.sum() and s1.mean() > s0.mean()
+
+
+@pytest.mark.parametrize("norm,objective", list(itertools.product(NORMS, sorted(OBJECTIVES))))
+def test_eps_zero_is_bit_identical(natural_mlp, batch, norm, objective):
+    x, y = batch
+    out = apgd(natural_mlp, x, y, eps=0.0, steps=5, norm=norm, objective=objective, target=_target(objective, y))
+    assert torch.equal(out, x) and out.data_ptr() != x.data_ptr()
+
+
+@pytest.mark.parametrize("norm,objective,score", [("linf", "hypocritical", "margin"), ("l2", "adversarial", "ce"),
+                                                  ("linf", "stability", "ce"), ("l2", "targeted", "margin")])
+def test_more_restarts_never_help_the_model(naive_mlp, digits, norm, objective, score):
+    x, y = digits.x_test[:128], digits.y_test[:128]
+    target = _target(objective, y)
+    kw = dict(eps=EPS[norm] / 4, steps=8, norm=norm, objective=objective, score=score, target=target)
+    one = apgd(naive_mlp, x, y, restarts=1, generator=torch.Generator().manual_seed(5), **kw)
+    three = apgd(naive_mlp, x, y, restarts=3, generator=torch.Generator().manual_seed(5), **kw)
+    s1, ok1 = _score_and_success(naive_mlp, objective, score, one, x, y, target)
+    s3, ok3 = _score_and_success(naive_mlp, objective, score, three, x, y, target)
+    assert (ok3 | ~ok1).all(), "a restart lost a success of the first start"
+    assert ((ok3 & ~ok1) | (s3 >= s1 - 1e-6)).all()
+
+
+def test_apgd_conceals_at_least_as_many_mistakes_as_pgd20(natural_mlp, digits):
+    """Same budget (20 gradient evaluations, 1 start). At the project's default eps 0.1 both conceal every
+    mistake of this model (1.0 = 1.0), so the comparison is made at eps 0.03, where PGD-20 (step eps/4)
+    conceals about half of them."""
+    x, y = digits.x_test, digits.y_test
+    with torch.no_grad():
+        wrong = natural_mlp(x).argmax(1) != y
+    xw, yw = x[wrong], y[wrong]
+    eps = 0.03
+    x_pgd = pgd(natural_mlp, xw, yw, eps=eps, step_size=eps / 4, steps=20, objective="hypocritical",
+                generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        pgd_rate = (natural_mlp(x_pgd).argmax(1) == yw).float().mean().item()
+    assert 0 < pgd_rate < 1, "the comparison must not be trivial"
+    for score in ("ce", "margin"):
+        x_apgd = apgd(natural_mlp, xw, yw, eps=eps, steps=20, objective="hypocritical", score=score,
+                      generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            apgd_rate = (natural_mlp(x_apgd).argmax(1) == yw).float().mean().item()
+        assert apgd_rate >= pgd_rate, (score, apgd_rate, pgd_rate)
+
+
+def test_checkpoints_follow_the_paper():
+    # p = 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 (interval shrinking by 0.03 down to 0.06)
+    assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert checkpoints(20) == [5, 9, 12, 14, 16, 18, 19]
+    assert checkpoints(1) == []
+
+
+def test_step_size_halving_escapes_an_oscillation():
+    """A 1-D score with its maximum at 0.3 inside a ball of radius 1 around 0: with the initial step 2 (= 2 eps)
+    the iterates bounce between the ball's ends; only the checkpoints' halvings let APGD home in."""
+
+    class Peak(torch.nn.Module):
+        def forward(self, x):
+            v = x.flatten(1)[:, :1]
+            return torch.cat([-(v - 0.3).abs(), torch.zeros_like(v), -torch.ones_like(v)], 1)
+
+    x = torch.full((1, 1), 0.5)
+    y = torch.tensor([0])
+    out = apgd(Peak(), x, y, eps=0.5, steps=100, objective="hypocritical", random_start="none")
+    assert abs(float(out) - 0.3) < 1e-3  # without the halvings: 0.0125 away
+
+
+def test_spec_dispatch_and_description(natural_mlp, batch):
+    x, y = batch
+    spec = AttackSpec(eps=0.05, steps=5, method="apgd", score="margin")
+    text = spec.describe()
+    assert text.startswith("linf eps=0.05") and text.endswith("method=apgd score=margin")
+    assert "step=2eps-halving" in text and AttackSpec(eps=0.05).describe().endswith("method=pgd score=ce")
+    gen = torch.Generator().manual_seed(1)
+    direct = apgd(natural_mlp, x, y, eps=0.05, steps=5, objective="hypocritical", score="margin",
+                  generator=torch.Generator().manual_seed(1))
+    assert torch.equal(spec.run(natural_mlp, x, y, "hypocritical", generator=gen), direct)
+    # the stability attack keeps KL under a margin spec (TRADES/metrics run it with the same spec)
+    x_sta = spec.run(natural_mlp, x, y, "stability", generator=torch.Generator().manual_seed(1))
+    assert torch.equal(x_sta, apgd(natural_mlp, x, y, eps=0.05, steps=5, objective="stability",
+                                   generator=torch.Generator().manual_seed(1)))
+    assert spec.as_dict()["method"] == "apgd" and spec.as_dict()["score"] == "margin"
+
+
+@pytest.mark.parametrize("call,needle", [
+    (lambda m, x, y: apgd(m, x, y, eps=0.1, steps=5, objective="stability", score="margin"),
+     "score: 'margin' is not defined for objective 'stability'"),
+    (lambda m, x, y: pgd(m, x, y, eps=0.1, step_size=0.02, steps=5, objective="stability", score="margin"),
+     "score: 'margin' is not defined for objective 'stability'"),
+    (lambda m, x, y: apgd(m, x, y, eps=0.1, steps=5, score="dlr"), "score: unknown 'dlr'"),
+    (lambda m, x, y: apgd(m, x, y, eps=-0.1, steps=5), "eps: must be a number >= 0"),
+    (lambda m, x, y: apgd(m, x, y, eps=0.1, steps=0), "steps: must be an integer >= 1"),
+    (lambda m, x, y: apgd(m, x, y, eps=0.1, steps=5, momentum=1.5), "momentum: must be a number in [0, 1]"),
+    (lambda m, x, y: apgd(m, x, y, eps=0.1, steps=5, objective="targeted"), "target: required"),
+    (lambda m, x, y: apgd(m, x * 3, y, eps=0.1, steps=5), "x: values must lie in [0,1]"),
+    (lambda m, x, y: AttackSpec(method="fgsm"), "method: unknown 'fgsm'; allowed: pgd, apgd"),
+    (lambda m, x, y: AttackSpec(score="kl"), "score: unknown 'kl'; allowed: ce, margin"),
+])
+def test_bad_arguments_fail_with_one_line_naming_the_field(natural_mlp, batch, call, needle):
+    x, y = batch
+    with pytest.raises(ValueError) as err:
+        call(natural_mlp, x, y)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+# --- hyporay audit: "APGD finds no more than PGD (within tolerance)" ----------------------------------------
+
+CHEAP_AUDIT = dict(eps_multiples=(0.0, 1.0), steps_grid=(1, 2), restarts_grid=(1, 2), n_single=4, certify="none")
+
+
+def test_audit_apgd_vs_pgd_passes_a_converged_pgd_and_flags_a_stalled_one(natural_mlp, digits):
+    from hyporay.audit import FLAG, PASS, run_audit
+
+    x, y = digits.x_test[:150], digits.y_test[:150]
+    healthy = run_audit(natural_mlp, x, y, spec=AttackSpec(eps=0.1, steps=20), surrogate=None, **CHEAP_AUDIT)
+    for direction in ("adversarial", "hypocritical"):
+        row = healthy.row(f"apgd_vs_pgd/{direction}")
+        assert row.verdict == PASS, row
+        assert row.data["method"] == "pgd" and row.data["other"] == "apgd"
+    # a PGD whose step is far too small (20 steps of eps/200 reach 0.1 eps): APGD finds what it missed
+    stalled = run_audit(natural_mlp, x, y, spec=AttackSpec(eps=0.1, steps=20, step_size=0.1 / 200),
+                        surrogate=None, **CHEAP_AUDIT)
+    for direction in ("adversarial", "hypocritical"):
+        row = stalled.row(f"apgd_vs_pgd/{direction}")
+        assert row.verdict == FLAG and "missed" in row.reason, row
+    assert stalled.row("apgd_vs_pgd/adversarial").data["other_stronger_by"] > 0.1
+    # auditing APGD itself: plain PGD-20 is no stronger
+    as_apgd = run_audit(natural_mlp, x, y, spec=AttackSpec(eps=0.1, steps=20, method="apgd"), surrogate=None,
+                        **CHEAP_AUDIT)
+    assert as_apgd.row("apgd_vs_pgd/adversarial").verdict == PASS
+    assert as_apgd.row("apgd_vs_pgd/adversarial").data["other"] == "pgd"

@@ -1,0 +1,85 @@
+"""Where a number came from: the code that ran (commit, dirty tree) and the exact trial configuration."""
+from __future__ import annotations
+
+import subprocess
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+from hyporay import provenance as P
+from hyporay.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_code_provenance_matches_git():
+    prov = P.code()
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True,
+                                text=True).stdout.strip())
+    assert prov[P.COMMIT] == head.strip()
+    assert prov[P.DIRTY] == ("true" if dirty else "false")
+    assert (len(prov[P.DIFF]) == 64) == dirty
+    assert P.is_clean(prov) == (not dirty)
+    assert P.describe(prov).startswith(f"commit {head.strip()[:12]}")
+
+
+def test_config_hash_ignores_placement_and_sees_everything_else():
+    a = load_config({"seed": 1}).model_dump()
+    moved = load_config({"seed": 1, "device": "cpu", "threads": 3, "data": {"root": "/elsewhere"}}).model_dump()
+    assert P.config_hash(a) == P.config_hash(moved)
+    for change in ({"seed": 2}, {"train": {"lam": 1.0}}, {"eval": {"attack": {"steps": 5}}},
+                   {"data": {"split_seed": "trial"}}):
+        assert P.config_hash(load_config({"seed": 1} | change).model_dump()) != P.config_hash(a), change
+    assert P.plan_hash([a, moved]) == P.plan_hash([moved, a])
+
+
+def test_split_seed_trial_follows_the_seed():
+    from hyporay.engine.trainable import data_key
+    from hyporay.experiment import load_trial_data
+
+    fixed = [load_config({"seed": s}) for s in (0, 1)]
+    per_seed = [load_config({"seed": s, "data": {"split_seed": "trial"}}) for s in (0, 1)]
+    assert fixed[0].data_seed() == fixed[1].data_seed() == 0
+    assert [c.data_seed() for c in per_seed] == [0, 1]
+    a, b = (load_trial_data(c) for c in per_seed)
+    assert not (a.y_test.shape == b.y_test.shape and bool((a.x_test == b.x_test).all()))
+    assert data_key(per_seed[0].model_dump()) != data_key(per_seed[1].model_dump())
+    assert data_key(fixed[0].model_dump()) == data_key(fixed[1].model_dump())
+    with pytest.raises(ConfigError, match="data.split_seed: must be an integer >= 0 or 'trial'"):
+        load_config({"data": {"split_seed": -1}})
+
+
+def test_imports_register_names_before_they_are_checked(tmp_path):
+    mod = tmp_path / "reg.py"
+    mod.write_text("from hyporay.models import register_model\nfrom hyporay.models.small import mlp\n"
+                   "register_model('t_imported_model')(mlp)\n")
+    cfg = load_config({"imports": [str(mod)], "model": {"name": "t_imported_model"}})
+    assert cfg.model.name == "t_imported_model"
+    with pytest.raises(ConfigError, match=r"^imports: no file .*nowhere.py$"):
+        load_config({"imports": [str(tmp_path / "nowhere.py")]})
+    (tmp_path / "broken.py").write_text("raise RuntimeError('boom')\n")
+    with pytest.raises(ConfigError, match=r"imports: cannot import .*broken.py \(RuntimeError: boom\)"):
+        load_config({"imports": [str(tmp_path / "broken.py")]})
+
+
+def test_resume_hint_is_the_command_that_ran(monkeypatch):
+    from hyporay.engine.publish import resume_command
+
+    monkeypatch.setattr("sys.argv", ["my dir/my_sweep.py", "--profile", "local"])
+    args = Namespace(storage_path="/shared/runs", tracking_uri=None)
+    assert resume_command("s-1", args) == "python 'my dir/my_sweep.py' --resume s-1 --storage-path /shared/runs"
+
+
+def test_profile_by_path_and_its_errors(tmp_path):
+    from hyporay.engine.definition import load_profile, profile_name
+
+    p = tmp_path / "mine.yaml"
+    p.write_text("seeds: 2\ntrial: {name: x}\n")
+    assert load_profile(tmp_path, str(p))["seeds"] == 2 and profile_name(str(p)) == "mine"
+    with pytest.raises(ConfigError, match="profile: no file"):
+        load_profile(tmp_path, str(tmp_path / "missing.yaml"))
+    (tmp_path / "bad.yaml").write_text("seeds: [1,\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_profile(tmp_path, str(tmp_path / "bad.yaml"))
