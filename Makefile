@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test ui venv bench clean
+.PHONY: run test ui venv bench clean mutants
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ ui: $(STAMP)
 
 bench: $(STAMP)
 	for f in bench/*.py; do $(PY) $$f || exit 1; done
+
+# Mutation testing of the science modules against the fast tests (minutes to an hour on 2 cores; not in CI):
+# named mutations, then mutmut, installed on first use into $(MUTMUT) (inside the venv's folder, not on its path).
+MUTMUT ?= $(VENV)/mutmut
+mutants: $(STAMP)
+	test -d $(MUTMUT)/mutmut || $(PY) -m pip install --quiet --target $(MUTMUT) "mutmut>=3.8,<4"
+	$(PY) tools/mutants.py --mutmut-path $(MUTMUT) $(MUTANTS_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -116,6 +116,7 @@ def test_masked_gradients_are_flagged(natural_mlp, surrogate, test_points):
     assert report.row("gradient_health").data["clean"]["zero"] == 200
     # the attack is blind: examples crafted on the surrogate beat it, a huge eps cannot break the model
     assert v["transfer/adversarial"] == FLAG
+    assert v["transfer/hypocritical"] == FLAG  # the surrogate's examples conceal mistakes the blind attack cannot
     assert v["curve/adversarial"] == FLAG and v["curve/hypocritical"] == FLAG
     # the model itself is fine: no batch dependence, no state change, the identities hold
     for ok in ("batch_independence", "state_unchanged", "eps0_clean", "theorem_4_4", "theorem_4_5"):
@@ -144,6 +145,96 @@ def test_batch_dependent_model_is_flagged(bn_cnn, test_points):
     assert v["batch_independence"] == FLAG
     assert "depend on the rest of the batch" in report.row("batch_independence").reason
     assert v["state_unchanged"] == PASS  # nothing is updated: the output itself depends on the batch
+
+
+# tiny grids: the constructed cases below flag at any size
+SMALL = dict(eps_multiples=(0.0, 1.0), steps_grid=(1, 2), restarts_grid=(1, 2), n_single=4)
+
+
+def test_attack_with_too_small_a_step_is_flagged_unconverged_and_weaker_than_fgsm(natural_mlp, test_points):
+    """Guards convergence_steps/* and pgd_vs_fgsm/* (either turned into a constant pass fails here): PGD with a
+    step of eps/200 hardly moves in 2 steps, so 200 steps still change both accuracies by far more than the
+    tolerance, and a single FGSM step of size eps beats it in both directions."""
+    x, y = test_points
+    spec = AttackSpec(eps=0.1, steps=2, step_size=0.1 / 200, random_start="none")
+    report = run_audit(natural_mlp, x, y, spec=spec, surrogate=None, **{**SMALL, "steps_grid": (1, 2, 200)})
+    v = verdicts(report)
+    for check in ("convergence_steps/adversarial", "convergence_steps/hypocritical", "pgd_vs_fgsm/adversarial",
+                  "pgd_vs_fgsm/hypocritical"):
+        assert v[check] == FLAG, (check, report.row(check).figure)
+    assert "not converged" in report.row("convergence_steps/adversarial").reason
+    d = report.row("pgd_vs_fgsm/adversarial").data
+    assert d["acc_adv_pgd"] > d["acc_adv_fgsm"] + 0.1
+    for ok in ("batch_independence", "eps0_clean", "theorem_4_4", "theorem_4_5", "state_unchanged"):
+        assert v[ok] == PASS, ok
+
+
+def test_random_search_attack_is_flagged_unconverged_in_restarts(naive_mlp, test_points):
+    """Guards convergence_restarts/*: an attack that is only its random start (step size 0) finds more
+    witnesses with every restart, so 1 vs 2 vs 10 restarts differ by more than the tolerance in both
+    directions on the near-chance Naive model."""
+    x, y = test_points
+    spec = AttackSpec(eps=0.3, steps=1, step_size=0.0, random_start="uniform")
+    report = run_audit(naive_mlp, x, y, spec=spec, surrogate=None, **{**SMALL, "restarts_grid": (1, 2, 10)})
+    v = verdicts(report)
+    assert v["convergence_restarts/adversarial"] == FLAG, report.row("convergence_restarts/adversarial").figure
+    assert v["convergence_restarts/hypocritical"] == FLAG, report.row("convergence_restarts/hypocritical").figure
+    acc = report.row("convergence_restarts/hypocritical").data["acc"]
+    assert acc[-1] > acc[0] + 0.03  # more random starts conceal more mistakes
+
+
+def test_attack_that_moves_at_eps_zero_is_flagged(natural_mlp, test_points, monkeypatch):
+    """Guards eps0_clean: a broken attack that perturbs inputs even with a zero budget (here: every eps=0
+    attack run as if eps were 0.2) changes predictions and evaluate()'s accuracies at eps = 0."""
+    import importlib
+
+    engine = importlib.import_module("hyporay.attacks.pgd")  # the module (the package re-exports the function)
+    real = engine.pgd
+
+    def leaky(model, x, y, *, eps, **kw):
+        return real(model, x, y, eps=0.2 if eps == 0 else eps, **kw)
+
+    monkeypatch.setattr(engine, "pgd", leaky)  # what AttackSpec.run (so the audit and evaluate) call
+    x, y = test_points
+    report = run_audit(natural_mlp, x, y, spec=AttackSpec(eps=0.1, steps=5), surrogate=None, **SMALL)
+    row = report.row("eps0_clean")
+    assert row.verdict == FLAG, row.figure
+    assert row.data["max_abs_perturbation"] > 0.1 and row.data["changed_predictions_adversarial"] > 0
+    assert row.data["gaps"]["acc_adv"] < 0
+
+
+def _consistent_metrics(n_right_broken=3, n_wrong_concealed=4, n_wrong_unstable=5):
+    """Metrics of 10 correct and 10 misclassified examples, aggregated by hyporay.metrics from hand-made
+    per-example outcomes that obey the witness rule (so both theorems hold exactly)."""
+    y = torch.zeros(20, dtype=torch.long)
+    pred = torch.cat([torch.zeros(10, dtype=torch.long), torch.ones(10, dtype=torch.long)])
+    right = torch.arange(20) < 10
+    adv = ~right | (torch.arange(20) < n_right_broken)
+    hyp = right | ((torch.arange(20) >= 10) & (torch.arange(20) < 10 + n_wrong_concealed))
+    sta = (right & adv) | ((torch.arange(20) >= 10) & (torch.arange(20) < 10 + n_wrong_unstable))
+    return M.aggregate(M.PerExample(y=y, clean_pred=pred, adv_success=adv, hyp_success=hyp, sta_success=sta))
+
+
+def test_theorem_checks_flag_inconsistent_metrics():
+    """Guards theorem_4_4 and theorem_4_5 (either turned into a constant pass fails here): metrics that obey
+    the identities pass; R_hyp(D) off by one example, R_sta(D) off by one example, or R_sta(D-) < R_hyp(D-)
+    (a hypocritical witness that the stability risk did not count) each flag."""
+    from hyporay.audit.model_checks import check_theorems as _check_theorems
+
+    def rows(m):
+        return {r.check: r.verdict for r in _check_theorems(m, Tolerances().identity)}
+
+    ok = _consistent_metrics()
+    assert rows(ok) == {"theorem_4_4": PASS, "theorem_4_5": PASS}
+    assert rows({**ok, M.HYPOCRITICAL_RISK_ALL: ok[M.HYPOCRITICAL_RISK_ALL] - 1 / 20})["theorem_4_4"] == FLAG
+    assert rows({**ok, M.HYPOCRITICAL_RISK: ok[M.HYPOCRITICAL_RISK] + 1 / 10})["theorem_4_4"] == FLAG
+    assert rows({**ok, M.STABILITY_RISK: ok[M.STABILITY_RISK] + 1 / 20})["theorem_4_5"] == FLAG
+    assert rows({**ok, M.ADVERSARIAL_RISK_CORRECT: ok[M.ADVERSARIAL_RISK_CORRECT] - 1 / 10})["theorem_4_5"] == FLAG
+    # R_sta(D-) = 0.2 < R_hyp(D-) = 0.4 with the decomposition intact: only the inequality is violated
+    unstable = _consistent_metrics(n_wrong_concealed=4, n_wrong_unstable=2)
+    r = {x.check: x for x in _check_theorems(unstable, Tolerances().identity)}
+    assert r["theorem_4_5"].verdict == FLAG and "<" in r["theorem_4_5"].reason
+    assert r["theorem_4_5"].data["decomposition_abs_diff"] <= 1e-12
 
 
 def test_settings_and_tolerances_are_validated(natural_mlp, test_points):

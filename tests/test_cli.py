@@ -72,11 +72,29 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, args, needle):
     assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) <= 2  # argparse adds a usage line
 
 
-def test_resume_continues_in_place(tmp_path):
+def test_resume_continues_in_place(tmp_path, trained):
+    """Guards `hyporay train --resume`: a 1-epoch run extended to 2 epochs with --resume trains only epoch 2, and
+    its checkpoint (epoch, weights, optimiser state) equals bit for bit that of the uninterrupted 2-epoch run
+    of the module fixture (same config and seed)."""
+    import torch
+
+    from hyporay.experiment import load_checkpoint
+
     args = ["train", CONFIG, "--out", tmp_path / "run", "--set", "train.epochs=1", "--set", "eval.every=1",
             "--set", f"data.root={tmp_path / 'data'}", "--set", "threads=1"]
     assert hyporay(*args, cwd=tmp_path).returncode == 0
+    assert load_checkpoint(tmp_path / "run")["trainer"]["epoch"] == 1
     args[5] = "train.epochs=2"
     r = hyporay(*args, "--resume", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "epoch   1/2" not in r.stdout and "epoch   2/2" in r.stdout
+    resumed = load_checkpoint(tmp_path / "run")["trainer"]
+    full = load_checkpoint(trained[0] / "run")["trainer"]
+    assert resumed["epoch"] == full["epoch"] == 2
+    for name, w in full["model"].items():
+        assert torch.equal(resumed["model"][name], w), name
+    for a, b in zip(full["optimizer"]["state"].values(), resumed["optimizer"]["state"].values()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    got = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    want = json.loads((trained[0] / "run" / "metrics.json").read_text())
+    assert {k: got[k] for k in M.CORE_METRICS} == {k: want[k] for k in M.CORE_METRICS}  # (timings differ)

@@ -38,8 +38,11 @@ def test_run_trial_reports_each_evaluation_with_a_loadable_checkpoint(tmp_path):
 
 
 def test_stopped_and_resumed_trial_ends_identical(tmp_path):
+    """Guards exact resume: a trial stopped after its first evaluation and resumed from the checkpoint (in a
+    process whose global RNG has moved on) ends with the same weights, optimiser state and epoch, bit for bit,
+    as an uninterrupted run, and so with the same metrics."""
     cfg = _cfg(tmp_path)
-    full = run_trial(cfg)
+    full = run_trial(cfg, checkpoint_dir=tmp_path / "full")
 
     class Stop(Exception):
         pass
@@ -52,10 +55,18 @@ def test_stopped_and_resumed_trial_ends_identical(tmp_path):
         run_trial(cfg, stop_after_first, checkpoint_dir=ck)
     assert load_checkpoint(ck)["trainer"]["epoch"] == 2
     torch.manual_seed(987)  # whatever the process did meanwhile
-    resumed = run_trial(cfg, resume_from=ck)
+    resumed = run_trial(cfg, resume_from=ck, checkpoint_dir=tmp_path / "resumed")
+    a, b = load_checkpoint(tmp_path / "full")["trainer"], load_checkpoint(tmp_path / "resumed")["trainer"]
+    assert a["epoch"] == b["epoch"] == 4
+    assert a["model"].keys() == b["model"].keys()
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    momenta = [(s["momentum_buffer"], t["momentum_buffer"]) for s, t in
+               zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values())]
+    assert momenta and all(torch.equal(s, t) for s, t in momenta)
     for k in M.CORE_METRICS:
-        a, b = full[k], resumed[k]
-        assert (math.isnan(a) and math.isnan(b)) or a == b, k
+        x, y = full[k], resumed[k]
+        assert (math.isnan(x) and math.isnan(y)) or x == y, k
 
 
 def test_naive_model_is_not_trained_and_conceals_errors(tmp_path):
@@ -68,12 +79,33 @@ def test_naive_model_is_not_trained_and_conceals_errors(tmp_path):
 
 
 def test_model_from_checkpoint_reproduces_predictions(tmp_path):
+    """Guards the checkpoint as a way to get the trained model back: the model rebuilt from it gives the same
+    logits (so predictions), bit for bit, on the whole test split as the model trained in this process by the
+    same steps as run_trial (seeded init, the trainer's seeded generators), and its clean accuracy is the
+    one the trial reported."""
+    from hyporay.data import to_float
+    from hyporay.experiment import load_trial_data, make_model, make_trainer, training_set
+
     cfg = _cfg(tmp_path, train={"epochs": 1}, eval={"every": 1})
     ck = tmp_path / "ck"
-    run_trial(cfg, checkpoint_dir=ck)
+    final = run_trial(cfg, checkpoint_dir=ck)
     model, cfg2 = model_from_checkpoint(load_checkpoint(ck))
     assert cfg2 == cfg
     assert not model.training
+
+    torch.manual_seed(cfg.seed)  # what run_trial does before building the model
+    ds = load_trial_data(cfg)
+    x_train, y_train = training_set(cfg, ds, torch.device("cpu"))
+    trainer = make_trainer(cfg, make_model(cfg, ds), torch.device("cpu"))
+    trainer.train_epoch(x_train, y_train)
+    twin = trainer.model.eval()
+    x_test = to_float(ds.x_test)
+    with torch.no_grad():
+        got, want = model(x_test), twin(x_test)
+    assert torch.equal(got, want)
+    pred = got.argmax(1)
+    assert (pred != pred[0]).any()  # a trained model, not a constant one
+    assert float((pred == ds.y_test).double().mean()) == final[M.ACC_CLEAN]
 
 
 @pytest.mark.parametrize("over,field", [

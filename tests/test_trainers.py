@@ -34,6 +34,102 @@ def test_kl_gradient_flows_through_the_clean_side():
     assert a.grad is not None and a.grad.abs().sum() > 0
 
 
+# which attack objective each loss must use for its inner perturbation (000 §5.1)
+INNER = {"pgd_at": "adversarial", "trades": "stability", "thrm": "hypocritical"}
+
+
+def _loss_inputs(model, loss, x, y, ctx):
+    """Run ``LOSSES[loss]`` and capture the perturbed batch its loss forward saw (not the attack's forwards:
+    those have an input that requires grad). Returns (loss value, x')."""
+    seen = []
+
+    def hook(mod, inp):
+        if torch.is_grad_enabled() and not inp[0].requires_grad:
+            seen.append(inp[0].detach().clone())
+
+    handle = model.register_forward_pre_hook(hook)
+    try:
+        value, _ = LOSSES[loss](model, x, y, ctx)
+    finally:
+        handle.remove()
+    if ctx.concat_forward and loss != "pgd_at":
+        return value, seen[-1][len(x):]  # one forward on cat(x, x')
+    return value, seen[-1]
+
+
+@pytest.mark.parametrize("concat", [True, False])
+@pytest.mark.parametrize("loss", sorted(INNER))
+def test_inner_perturbation_is_the_papers_attack(digits, loss, concat):
+    """Guards against a trainer using the wrong inner attack (e.g. THRM trained with TRADES's stability attack,
+    or PGD-AT with the hypocritical one): the x' the loss sees equals ``pgd(..., objective=<the paper's>)``
+    run with the same generator state, bit for bit, and differs from every other objective's."""
+    x, y = digits.x_train[:48], digits.y_train[:48]
+    m = _model(digits).train()
+    ctx = LossContext(attack=ATTACK, lam=2.0, concat_forward=concat, generator=torch.Generator().manual_seed(7))
+    _, x_pert = _loss_inputs(m, loss, x, y, ctx)
+    assert m.training
+    for objective in INNER.values():
+        expected = ATTACK.run(m, x, y, objective, generator=torch.Generator().manual_seed(7))
+        if objective == INNER[loss]:
+            assert torch.equal(x_pert, expected), f"{loss} does not use the {objective} attack"
+        else:
+            assert not torch.equal(x_pert, expected), f"{loss} uses the {objective} attack"
+
+
+@pytest.mark.parametrize("loss", ["trades", "thrm"])
+def test_regularised_loss_is_ce_plus_lambda_kl_clean_to_perturbed(natural_mlp, digits, loss):
+    """Guards against the KL direction reversed (KL(p(x')||p(x)) instead of the paper's KL(p(x)||p(x'))), λ
+    ignored or misapplied, the CE term taken on x' instead of x, or a KL reduction other than batchmean: the
+    loss equals CE(f(x), y) + λ·Σ_k p_k(x) log(p_k(x)/p_k(x')) / B computed by hand from the expected x'.
+    A trained model on test points (some misclassified) makes the two KL directions far apart."""
+    x, y = digits.x_test[:96], digits.y_test[:96]
+    m = natural_mlp  # no train/eval-dependent layers; the loss only runs forwards (no update)
+    lam = 3.0
+    value, _ = LOSSES[loss](m, x, y, LossContext(attack=ATTACK, lam=lam, generator=torch.Generator().manual_seed(7)))
+    x_pert = ATTACK.run(m, x, y, INNER[loss], generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        logits, logits_pert = m(x).double(), m(x_pert).double()
+    p, q = logits.softmax(1), logits_pert.softmax(1)
+    kl = float((p * (p.log() - q.log())).sum(1).sum() / len(x))       # KL(p(x) || p(x')), batchmean
+    reverse = float((q * (q.log() - p.log())).sum(1).sum() / len(x))  # KL(p(x') || p(x))
+    ce = float(F.cross_entropy(logits, y))
+    expected = ce + lam * kl
+    assert float(value) == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    # the alternatives the test must tell apart are far outside that tolerance
+    for wrong in (ce + lam * reverse, ce + kl, ce + lam * kl / logits.shape[1], float(F.cross_entropy(logits_pert, y))
+                  + lam * kl):
+        assert abs(wrong - expected) > 1e-3 * abs(expected), "test cannot tell the variants apart on this batch"
+
+
+@pytest.mark.parametrize("loss", ["trades", "thrm"])
+def test_regularised_loss_gradient_flows_through_both_sides_of_the_kl(natural_mlp, digits, loss):
+    """Guards against detaching the clean distribution inside the KL (the official TRADES and False-Friends
+    code let gradients flow through p(x) and p(x')), which leaves the loss value unchanged: the parameter
+    gradient of the loss equals that of CE(f(x), y) + λ·KL(p(x)||p(x')) differentiated through both sides,
+    and differs from the one with p(x) detached."""
+    x, y = digits.x_test[:96], digits.y_test[:96]
+    m = natural_mlp
+    params = list(m.parameters())
+    lam = 3.0
+    value, _ = LOSSES[loss](m, x, y, LossContext(attack=ATTACK, lam=lam, generator=torch.Generator().manual_seed(7)))
+    got = torch.autograd.grad(value, params)
+    x_pert = ATTACK.run(m, x, y, INNER[loss], generator=torch.Generator().manual_seed(7))
+
+    def hand(detach_clean: bool):
+        logits, logits_pert = m(x), m(x_pert)
+        log_p = F.log_softmax(logits.detach() if detach_clean else logits, 1)
+        log_q = F.log_softmax(logits_pert, 1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(1).mean()
+        return torch.autograd.grad(F.cross_entropy(logits, y) + lam * kl, params)
+
+    want, detached = hand(False), hand(True)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+    diff = max(float((w - d).abs().max()) for w, d in zip(want, detached))
+    assert diff > 1e-3 * max(float(w.abs().max()) for w in want), "test cannot tell the variants apart"
+    assert all(p.grad is None for p in params)
+
+
 @pytest.mark.parametrize("loss", sorted(LOSSES))
 def test_every_loss_trains(digits, loss):
     t = Trainer(_model(digits), loss=loss, attack=ATTACK, lam=1.0, optim=OptimConfig(lr=0.05), batch_size=128)

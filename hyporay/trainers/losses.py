@@ -52,19 +52,25 @@ def pgd_at(model, x, y, ctx):
     return F.cross_entropy(logits, y), logits
 
 
-def _regularised(objective: str):
-    def loss(model, x, y, ctx):
-        if ctx.lam == 0:  # λ = 0 is natural training exactly; skip the inner attack
-            return natural(model, x, y, ctx)
-        x_pert = ctx.attack.run(model, x, y, objective, generator=ctx.generator)
-        logits, logits_pert = _forward_pair(model, x, x_pert, ctx.concat_forward)
-        return F.cross_entropy(logits, y) + ctx.lam * kl_batchmean(logits, logits_pert), logits
-    loss.__name__ = objective
-    return loss
+def _regularised(objective: str, model, x, y, ctx):
+    """CE(p(x), y) + λ·KL(p(x) || p(x')), x' from the inner attack ``objective``."""
+    if ctx.lam == 0:  # λ = 0 is natural training exactly; skip the inner attack
+        return natural(model, x, y, ctx)
+    x_pert = ctx.attack.run(model, x, y, objective, generator=ctx.generator)
+    logits, logits_pert = _forward_pair(model, x, x_pert, ctx.concat_forward)
+    return F.cross_entropy(logits, y) + ctx.lam * kl_batchmean(logits, logits_pert), logits
 
 
-trades = _regularised("stability")      # x' = argmax KL(p(x) || p(x'))
-thrm = _regularised("hypocritical")     # x' = argmin CE(p(x'), y)
+# Plain functions rather than closures made at import time, so that a mutation tool (make mutants) can change
+# which inner attack each one uses.
+def trades(model, x, y, ctx):
+    """TRADES: x' = argmax KL(p(x) || p(x')) (the stability attack)."""
+    return _regularised("stability", model, x, y, ctx)
+
+
+def thrm(model, x, y, ctx):
+    """THRM: x' = argmin CE(p(x'), y) (the hypocritical attack)."""
+    return _regularised("hypocritical", model, x, y, ctx)
 
 LOSSES: dict[str, Callable] = {"natural": natural, "pgd_at": pgd_at, "trades": trades, "thrm": thrm}
 #: how many inner-attack passes each loss spends per batch (for cost models): 0 or the attack's steps

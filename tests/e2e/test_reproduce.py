@@ -1,7 +1,9 @@
 """sweeps/reproduce.py: a reduced real reproduction (1 seed, 2 lambdas, 1 epoch) and the paper profile's dry run."""
 from __future__ import annotations
 
+import csv
 import json
+import math
 import re
 import subprocess
 import sys
@@ -37,8 +39,13 @@ def test_reduced_reproduction_writes_every_section_and_a_verdict_per_claim(tmp_p
     assert len(verdicts) == 5 and set(verdicts) <= VERDICTS
     claims = json.loads((out / "claims.json").read_text())
     assert sorted(claims) == ["1", "2", "3", "4", "5"]
-    assert claims["3"]["verdict"] == "inconclusive"  # 2 lambdas: too few for a rank correlation
-    assert claims["4"]["verdict"] == "not shown" and "1 seed" in claims["4"]["statistic"]
+    # A 1-seed, 2-λ, 1-epoch run cannot decide claims 2-4 either way, and no verdict of it is expected as such:
+    # each verdict must be the one its rule (RULES in the report) gives on the numbers the report itself shows.
+    # The rules are unit-tested on every verdict in tests/test_claim_verdicts.py, the science in test_claims.py.
+    with (out / "fig3.csv").open() as f:
+        fig3 = list(csv.DictReader(f))
+    for k in range(1, 6):
+        assert claims[str(k)]["verdict"] == _rule_verdict(k, claims[str(k)], n_lambdas=2, fig3=fig3), k
     for k in range(1, 6):
         assert re.search(rf"^claim {k}: ({'|'.join(VERDICTS)}) — ", r.stdout, flags=re.MULTILINE), k
     assert "| Naive |" in text and "| Quality | PGD-AT |" in text and "58.09 / 0.91 / 99.31" in text
@@ -55,6 +62,36 @@ def test_reduced_reproduction_writes_every_section_and_a_verdict_per_claim(tmp_p
     arts = {a.path for a in c.list_artifacts(parent.info.run_id)}
     assert {"report.md", "claims.json", "fig3.png", "frontier.png"} <= arts
     assert len([x for x in runs if x.data.tags.get("hyporay.role") == "trial"]) == 10
+
+
+def _rule_verdict(k: int, c: dict, *, n_lambdas: int, fig3: list[dict]) -> str:
+    """The verdict claim k's rule gives on the figures in claims.json (fig3.csv for claim 5), re-derived here."""
+    if k == 1:
+        gaps = [x["gap"] for x in c["cells"] if not math.isnan(x["gap"])]
+        ok = sum(g >= 0.20 for g in gaps)
+        return ("inconclusive" if not gaps else "shown" if ok == len(gaps) else
+                "partly shown" if 2 * ok >= len(gaps) else "not shown")
+    if k == 2:
+        comps = c["comparisons"]
+        if not comps or min(x["n"] for x in comps) < 2 or len(comps) < 4:
+            return "inconclusive"
+        below = sum(x["high"] < 0 for x in comps)
+        return "shown" if below == len(comps) else "partly shown" if below else "not shown"
+    if k == 3:
+        if n_lambdas < 3:
+            return "inconclusive"
+        good = sum(t["rho_natural"] > 0 and t["rho_hyp"] < 0 and t["p_natural"] < 0.05 and t["p_hyp"] < 0.05
+                   for t in c["per_trainer"])
+        return "shown" if good == len(c["per_trainer"]) else "partly shown" if good else "not shown"
+    if k == 4:
+        return "shown" if c.get("seeds", 0) >= 2 and c["low"] > 0 else "not shown"
+    groups = [g for g in fig3 if float(g["n_misclassified"]) >= 5 and not math.isnan(float(g["targeted_max"]))
+              and not math.isnan(float(g["hypocritical_risk"]))]
+    if not groups:
+        return "inconclusive"
+    gaps = sorted(float(g["hypocritical_risk"]) - float(g["targeted_max"]) for g in groups)
+    med = (gaps[(len(gaps) - 1) // 2] + gaps[len(gaps) // 2]) / 2
+    return "shown" if all(x > 0 for x in gaps) and med >= 0.20 else "partly shown" if med > 0 else "not shown"
 
 
 def test_paper_profile_dry_run(tmp_path):
