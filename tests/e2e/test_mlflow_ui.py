@@ -91,8 +91,10 @@ def test_runs_link_shows_the_trials_with_the_trade_off_columns(sweep, server, br
     assert browser.evaluate("document.querySelectorAll('[data-testid=\"experiment-view-compare-runs-card\"]')"
                             ".length") == 0  # a table, not the chart view
     assert not any(parent in link for link in shown)  # only the sweep's trials, not its parent run
+    # in the order a person sees them (left to right): the grid's DOM order is not its visual order
     headers = browser.evaluate("""Array.from(document.querySelectorAll('[role="columnheader"]'))
-        .map(h => h.textContent.trim()).filter(t => t)""")
+        .map(h => [h.getBoundingClientRect().left, h.textContent.trim()]).filter(p => p[1])
+        .sort((a, b) => a[0] - b[0]).map(p => p[1])""")
     wanted = ["trainer", "lam", "seed", X, Y, "acc_adv"]
     at = [next(i for i, h in enumerate(headers) if h.startswith(w[:14])) for w in wanted]
     assert at == sorted(at), f"columns out of order: {headers}"
