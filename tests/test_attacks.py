@@ -93,6 +93,7 @@ def test_restarts_never_help_the_model(naive_mlp, batch, norm, objective):
     s2 = _success(naive_mlp, two, x, y, objective, kw.get("target"))
     assert (s8 | ~s1).all(), "an example that one start broke was lost with more restarts"
     assert (s2 | ~s1).all() and (s8 | ~s2).all()
+    assert not torch.equal(two, one), "the second restart was never used"
     assert s8.sum() > s1.sum(), "restarts found nothing more: this setting cannot see a broken merge"
     both_fail = ~s1 & ~s8
     score1 = _score(naive_mlp, one, x, y, objective, kw.get("target"))[both_fail]
