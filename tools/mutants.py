@@ -41,6 +41,7 @@ EQUIVALENT = ROOT / "tests" / "mutants_equivalent.md"
 # mutmut's tests: the science modules' own fast unit tests (no Ray, no MLflow, no subprocess); the named
 # mutations below also use tests/test_audit.py (its command-line tests deselected) and tests/test_imports.py
 FAST_TESTS = ["tests/test_attacks.py", "tests/test_metrics.py", "tests/test_trainers.py",
+              "tests/test_apgd.py", "tests/test_degenerate.py",  # APGD and the margin score; metrics' degeneracy
               "tests/test_analysis.py::test_metric_name_helper_round_trip"]  # hyporay.metrics' name helpers
 FAST_DESELECT = "not cli"
 MUTMUT_SOURCES = ["hyporay/attacks/", "hyporay/metrics.py", "hyporay/trainers/losses.py"]
