@@ -41,25 +41,17 @@ def bind_loopback_if_local(address: str | None = None) -> bool:
     return os.environ.get(LOOPBACK_ENV) == "0"
 
 
-# every worker of a sweep imports torch, hyporay and mlflow when it starts (Ray starts them with the driver), not
-# when its first trial arrives: the imports overlap with the driver's own set-up
-WARM_UP_HOOK = "hyporay.engine.trainable.warm_up"
-
-
-def worker_runtime_env(warm_up: bool = True) -> dict | None:
-    """The job's runtime_env: the warm-up hook, and PYTHONPATH led by the driver's hyporay checkout. Ray puts the
-    driver's script directory on a worker's sys.path only after the setup hook ran, so without it the hook would
+def worker_runtime_env() -> dict:
+    """The job's runtime_env: PYTHONPATH led by the checkout the driver's hyporay comes from. Ray passes a driver
+    script's sys.path on to its workers, but not a notebook's or ``python -c``'s: without this their workers would
     import an installed hyporay (another checkout, another version) and every trial would run that code."""
-    if not warm_up:
-        return None
     import hyporay
 
     source = str(Path(hyporay.__file__).resolve().parent.parent)
-    path = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH", "")) if p)
-    return {"worker_process_setup_hook": WARM_UP_HOOK, "env_vars": {"PYTHONPATH": path}}
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH", "")) if p)}}
 
 
-def init_ray(address: str | None = None, *, num_cpus: int | None = None, warm_up: bool = True):
+def init_ray(address: str | None = None, *, num_cpus: int | None = None):
     """Connect to a running cluster when RAY_ADDRESS (or ``address``) says so, else start a fresh local Ray.
 
     A local Ray binds 127.0.0.1 only (see ``bind_loopback_if_local``) and is always a new instance
@@ -72,14 +64,13 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, warm_up
         return ray
     address = address or os.environ.get("RAY_ADDRESS") or None
     if joins_cluster(address):
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False,
-                 runtime_env=worker_runtime_env(warm_up))
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False, runtime_env=worker_runtime_env())
     else:
         if not loopback:
             print(f"note: ray was imported before hyporay could set {LOOPBACK_ENV}=0: this local Ray listens on "
                   f"every interface; export {LOOPBACK_ENV}=0 before importing ray", flush=True)
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR",
-                 runtime_env=worker_runtime_env(warm_up),
+                 runtime_env=worker_runtime_env(),
                  log_to_driver=False)
     return ray
 

@@ -20,14 +20,6 @@ from hyporay.dotted import flatten
 from hyporay.engine import mlflow_ui, tracking
 
 
-def warm_up() -> None:
-    """Ray's ``worker_process_setup_hook``: what every trial needs, imported when the worker starts."""
-    import mlflow.tracking  # noqa: F401
-    import torch  # noqa: F401
-
-    import hyporay.experiment  # noqa: F401
-
-
 def trial_key(trial: dict) -> str:
     """Deterministic identity of a grid trial (its full config): finds its MLflow child run again."""
     return hashlib.sha256(json.dumps(trial, sort_keys=True, default=str).encode()).hexdigest()[:20]

@@ -94,8 +94,8 @@ finally:
 
 
 def test_workers_run_the_drivers_checkout_not_an_installed_hyporay(tmp_path):
-    """The warm-up hook runs before Ray puts the driver's directory on a worker's path: a worker must still import
-    the hyporay the driver runs (a second checkout), never the one installed in the environment."""
+    """A worker imports the hyporay the driver runs (a second checkout), never the one installed in the environment,
+    also from ``python -c`` (Ray passes only a script's sys.path on to workers)."""
     import shutil
 
     other = tmp_path / "checkout"
