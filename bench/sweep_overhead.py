@@ -12,7 +12,9 @@ Prints the ratio sweep / serial (ideal with C trials at a time: 1/C plus start-u
 into the fixed part (paid once per sweep) and the part per trial (worker hand-off, MLflow run, reports):
     per-trial overhead = ((sweep - one) x C - serial x (N-1)/N) / (N-1)
 Usage:
-    python bench/sweep_overhead.py [--lambdas 0,1,5] [--epochs 3] [--seeds 1] [--repeat 1]
+    python bench/sweep_overhead.py [--lambdas 0,1,5] [--epochs 3] [--seeds 1] [--eval-every 1] [--repeat 1]
+    # the default sweep (make run) as it runs: 51 trials of 20 epochs
+    python bench/sweep_overhead.py --lambdas 0,1,5,10,20,40,60,80,100 --seeds 3 --epochs 20 --eval-every 5
 """
 from __future__ import annotations
 
@@ -31,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 def sweep_argv(args, lambdas: str, trainers: str) -> list[str]:
     return ["--profile", "local", "--lambdas", lambdas, "--trainers", trainers, "--seeds", str(args.seeds),
-            "--set", f"train.epochs={args.epochs}", "--set", "eval.every=1", "--set", "eval.certify=none",
-            "--cpus-per-trial", "1"]
+            "--set", f"train.epochs={args.epochs}", "--set", f"eval.every={args.eval_every}",
+            "--set", "eval.certify=none", "--cpus-per-trial", "1"]
 
 
 def timed_sweep(argv: list[str]) -> float:
@@ -54,6 +56,7 @@ def main() -> None:
     ap.add_argument("--trainers", default="trades,thrm")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--eval-every", type=int, default=1, help="epochs between evaluations (the local profile: 5)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each side (median reported)")
     args = ap.parse_args()
     import runpy
