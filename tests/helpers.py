@@ -100,3 +100,40 @@ def listening_sockets(pids: set[int]) -> list[tuple[str, int, int]]:
             addr, port = cols[1].split(":")
             out.append((_hex_addr(addr), int(port, 16), inode_pid[cols[9]]))
     return out
+
+
+def run_on_a_training_model(model: nn.Module, attack):
+    """``attack()`` on ``model`` left in train mode with one BatchNorm deliberately in eval mode and one parameter
+    deliberately frozen; asserts the attack left every module's mode, every requires_grad flag, every buffer
+    (BatchNorm running statistics) and every .grad as it found them. Returns what ``attack()`` returned."""
+    model.train()
+    frozen = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    frozen.eval()  # a sub-module deliberately in eval mode must stay so
+    first = next(model.parameters())
+    first.requires_grad_(False)  # a deliberately frozen parameter must stay frozen
+    buffers = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        out = attack()
+        # the attack ran in eval mode: no BatchNorm running statistic moved
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in buffers.items())
+        assert model.training and not frozen.training
+        assert all(m.training for m in model.modules() if m is not frozen)
+        assert not first.requires_grad
+        assert all(p.requires_grad for p in model.parameters() if p is not first)
+        assert all(p.grad is None for p in model.parameters())
+    finally:
+        first.requires_grad_(True)
+        model.eval()
+    return out
+
+
+def assert_in_ball_and_box(x_adv, x, eps: float, norm: str) -> None:
+    """x' has x's shape and dtype, no graph, lies in [0,1] and in the eps-ball around x, and moved somewhere."""
+    from hyporay.attacks import THREAT_MODELS
+
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and not x_adv.requires_grad
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    size = THREAT_MODELS[norm].norm(x_adv - x)
+    assert (size <= eps + 1e-6).all()
+    assert (size > 1e-3).any(), "the attack never moved"
+

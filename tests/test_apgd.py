@@ -6,6 +6,7 @@ import itertools
 import pytest
 import torch
 
+from helpers import assert_in_ball_and_box, run_on_a_training_model
 from hyporay.attacks import OBJECTIVES, THREAT_MODELS, AttackSpec, apgd, make_objective, pgd
 from hyporay.attacks.apgd import checkpoints
 from hyporay.attacks.pgd import _start, prepare_attack
@@ -39,27 +40,10 @@ def batch(digits):
 def test_ball_box_modes_grads_and_score_beats_start(bn_cnn, batch, norm, objective, score):
     x, y = batch
     model, target = bn_cnn, _target(objective, y)
-    model.train()
-    frozen = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
-    frozen.eval()  # a sub-module deliberately in eval mode must stay so
-    first = next(model.parameters())
-    first.requires_grad_(False)  # a deliberately frozen parameter must stay frozen
-    try:
-        x_adv = apgd(model, x, y, eps=EPS[norm], steps=10, norm=norm, objective=objective, score=score,
-                     target=target, generator=torch.Generator().manual_seed(3))
-        assert model.training and not frozen.training
-        assert all(m.training for m in model.modules() if m is not frozen)
-        assert not first.requires_grad
-        assert all(p.requires_grad for p in model.parameters() if p is not first)
-        assert all(p.grad is None for p in model.parameters())
-    finally:
-        first.requires_grad_(True)
-        model.eval()
-    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and not x_adv.requires_grad
-    assert x_adv.min() >= 0 and x_adv.max() <= 1
-    size = THREAT_MODELS[norm].norm(x_adv - x)
-    assert (size <= EPS[norm] + 1e-6).all()
-    assert (size > 1e-3).any(), "the attack never moved"
+    x_adv = run_on_a_training_model(model, lambda: apgd(
+        model, x, y, eps=EPS[norm], steps=10, norm=norm, objective=objective, score=score, target=target,
+        generator=torch.Generator().manual_seed(3)))
+    assert_in_ball_and_box(x_adv, x, EPS[norm], norm)
 
     # the objective's score at the output beats the start (same draws), unless success was gained
     _, kind, sigma = prepare_attack(x, y, objective, score, target, "auto", None)
