@@ -101,10 +101,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _terminal_page(log: Path, lines: int, out: Path) -> Path:
-    """The last ``lines`` lines of a console log as a page drawn like a terminal (monospace, dark)."""
+    """The last ``lines`` lines of a console log as a page drawn like a terminal (monospace, dark, 160 columns)."""
     import html
 
-    tail = log.read_text(errors="replace").splitlines()[-lines:]
+    # as a terminal 160 columns wide shows them: long lines wrap
+    wrapped = [line[i:i + 160] for line in log.read_text(errors="replace").splitlines()
+               for i in range(0, max(len(line), 1), 160)]
+    tail = wrapped[-lines:]
     page = out / ".console.html"
     page.write_text("<!doctype html><meta charset='utf-8'><body style='margin:0;background:#1e1e1e'>"
                     "<pre style='margin:0;padding:12px;color:#ddd;font:13px/1.35 DejaVu Sans Mono,monospace;"
