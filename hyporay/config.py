@@ -23,6 +23,13 @@ class ConfigError(ValueError):
     """A user error in a configuration: one line naming the field and what is allowed."""
 
 
+def _one_of(value: str, known: list[str], field: str = "") -> str:
+    """``value`` if it is registered, else ``ValueError("[field: ]unknown 'x'; known: a, b, ...")``."""
+    if value not in known:
+        raise ValueError(f"{field + ': ' if field else ''}unknown {value!r}; known: {', '.join(known)}")
+    return value
+
+
 class _Strict(BaseModel):
     # allow_inf_nan=False: `train.lr=.inf` or `train.lam=.nan` is a typo, never a setting
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -81,9 +88,7 @@ class DataConfig(_Strict):
     def _known_dataset(cls, v: str) -> str:
         from hyporay.data import list_datasets
 
-        if v not in list_datasets():
-            raise ValueError(f"unknown {v!r}; known: {', '.join(list_datasets())}")
-        return v
+        return _one_of(v, list_datasets())
 
 
 class ModelConfig(_Strict):
@@ -95,9 +100,7 @@ class ModelConfig(_Strict):
     def _known_model(cls, v: str) -> str:
         from hyporay.models import list_models
 
-        if v not in list_models():
-            raise ValueError(f"unknown {v!r}; known: {', '.join(list_models())}")
-        return v
+        return _one_of(v, list_models())
 
     @model_validator(mode="after")
     def _known_options(self) -> ModelConfig:
@@ -218,9 +221,8 @@ class TrialConfig(_Strict):
     def _source_model(self) -> TrialConfig:
         from hyporay.models import list_models
 
-        src = self.variant.source_model
-        if src is not None and src not in list_models():
-            raise ValueError(f"variant.source_model: unknown {src!r}; known: {', '.join(list_models())}")
+        if self.variant.source_model is not None:
+            _one_of(self.variant.source_model, list_models(), "variant.source_model")
         return self
 
     def flat(self) -> dict[str, Any]:

@@ -164,10 +164,7 @@ def build_space(defn: SearchDefinition, args, defaults: dict) -> list[Param]:
     """The search space from the flags, the profile's defaults filling what the flags leave open."""
     from hyporay.config import ConfigError
 
-    log_eps = args.eps_scale == "log"
-    eps = parse_range(args.eps_range or ",".join(map(str, defaults["eps"])), "--eps-range", log=log_eps,
-                      scale_flag="--eps-scale")
-    space = [Param("eps", "train.attack.eps", *eps, log=log_eps)]
+    space = [_ranged(args, "eps", "train.attack.eps", args.eps_range or ",".join(map(str, defaults["eps"])))]
     if defn.multi_objective:
         trainers = _trainers(args.trainers, False) if args.trainers else tuple(defaults["trainers"])
         space.insert(0, Param("trainer", "train.trainer", choices=trainers))
@@ -178,13 +175,18 @@ def build_space(defn: SearchDefinition, args, defaults: dict) -> list[Param]:
     if lam_range is not None:
         if lam is not None:
             raise ConfigError("--lambdas and --lam-range: give one (a fixed lambda, or a range to search)")
-        lo, hi = parse_range(lam_range, "--lam-range", log=args.lam_scale == "log", scale_flag="--lam-scale")
-        space.append(Param("lam", "train.lam", lo, hi, log=args.lam_scale == "log"))
+        space.append(_ranged(args, "lam", "train.lam", lam_range))
     if args.steps_range is not None:
-        lo, hi = parse_range(args.steps_range, "--steps-range", log=args.steps_scale == "log", integer=True,
-                             minimum=1, scale_flag="--steps-scale")
-        space.append(Param("steps", "train.attack.steps", lo, hi, log=args.steps_scale == "log", integer=True))
+        space.append(_ranged(args, "steps", "train.attack.steps", args.steps_range, integer=True, minimum=1))
     return space
+
+
+def _ranged(args, name: str, key: str, raw: str, *, integer: bool = False, minimum: float = 0.0) -> Param:
+    """The searched field ``key`` from ``--NAME-range`` (``raw``) sampled on ``--NAME-scale``."""
+    log = getattr(args, f"{name}_scale") == "log"
+    low, high = parse_range(raw, f"--{name}-range", log=log, integer=integer, minimum=minimum,
+                            scale_flag=f"--{name}-scale")
+    return Param(name, key, low, high, log=log, integer=integer)
 
 
 def search_defaults(profile: str, prof: dict) -> dict[str, Any]:
@@ -329,6 +331,13 @@ def make_sampler(defn: SearchDefinition, name: str, seed: int, startup: int, pop
 
 # --- flags ----------------------------------------------------------------------------------------------
 
+def _range_flags(p: argparse.ArgumentParser, name: str, help_range: str, what: str, scale: str = "log") -> None:
+    """``--NAME-range LOW,HIGH`` and ``--NAME-scale {log,linear}`` of one searched field (see ``_ranged``)."""
+    p.add_argument(f"--{name}-range", metavar="LOW,HIGH", help=help_range)
+    p.add_argument(f"--{name}-scale", choices=("log", "linear"), default=scale,
+                   help=f"how {what} sampled")
+
+
 def add_search_flags(p: argparse.ArgumentParser, defn: SearchDefinition) -> None:
     """The search's own flags, in the sweeps' vocabulary (--trainers, --lambdas); old names kept as aliases."""
     p.add_argument("--study-name", help="Optuna study; an existing one is continued (default "
@@ -348,16 +357,13 @@ def add_search_flags(p: argparse.ArgumentParser, defn: SearchDefinition) -> None
     p.add_argument("--trainers", "--trainer", dest="trainers",
                    help="trainers searched, comma-separated (default trades,thrm)" if defn.multi_objective
                    else "the defender's trainer (default thrm)")
-    p.add_argument("--eps-range", metavar="LOW,HIGH", help="training eps range, pixel units of [0,1] inputs "
-                                                           "(default: local 0.005,0.4; paper 1/255,16/255)")
-    p.add_argument("--eps-scale", choices=("log", "linear"), default="log", help="how eps is sampled")
+    _range_flags(p, "eps", "training eps range, pixel units of [0,1] inputs (default: local 0.005,0.4; paper "
+                           "1/255,16/255)", "eps is")
     p.add_argument("--lambdas", "--lam", dest="lambdas", metavar="LAMBDA",
                    help="a fixed lambda (default 6)" + ("; give this or --lam-range" if defn.multi_objective else ""))
-    p.add_argument("--lam-range", metavar="LOW,HIGH", help="search lambda in this range" + (
-        " (default: local 0.5,80; paper 1,100)" if defn.multi_objective else " (default: a fixed --lambdas)"))
-    p.add_argument("--lam-scale", choices=("log", "linear"), default="log", help="how lambda is sampled")
-    p.add_argument("--steps-range", metavar="LOW,HIGH", help="also search the training attack's PGD steps")
-    p.add_argument("--steps-scale", choices=("log", "linear"), default="linear", help="how steps are sampled")
+    lam_default = " (default: local 0.5,80; paper 1,100)" if defn.multi_objective else " (default: a fixed --lambdas)"
+    _range_flags(p, "lam", "search lambda in this range" + lam_default, "lambda is")
+    _range_flags(p, "steps", "also search the training attack's PGD steps", "steps are", scale="linear")
     if defn.multi_objective:
         p.add_argument("--population-size", type=count(2), help="NSGA-II population (default: local 8, paper 16)")
         return

@@ -18,11 +18,10 @@ set, named by a sha256 key of everything that determines it, written atomically 
 across processes under a file lock (see :func:`build_training_set`).
 """
 from hyporay.variants.build import build_training_set, cache_path, dataset_fingerprint
-from hyporay.variants.delusive import delusive_perturb, quantize_in_ball, train_source_model, universal_perturbations
+from hyporay.variants.delusive import delusive_perturb, quantize_in_ball, train_source_model
 from hyporay.variants.spec import FORMAT_VERSION, POISON_METHODS, VARIANTS, VariantSpec
 
 __all__ = [
     "FORMAT_VERSION", "POISON_METHODS", "VARIANTS", "VariantSpec", "build_training_set", "cache_path",
     "dataset_fingerprint", "delusive_perturb", "quantize_in_ball", "train_source_model",
-    "universal_perturbations",
 ]

@@ -23,7 +23,6 @@ from hyporay.variants.spec import _GENERATED, _IRRELEVANT, FORMAT_VERSION, Varia
 log = logging.getLogger(__name__)
 
 
-
 _FINGERPRINTS: "weakref.WeakKeyDictionary[Dataset, dict]" = weakref.WeakKeyDictionary()
 
 
@@ -81,7 +80,6 @@ def cache_path(ds: Dataset, spec: VariantSpec, seed: int, cache_dir: str | Path)
     label = spec.name + (f"-{spec.method}" if spec.name == "poisoning" else "")
     safe_ds = "".join(c if c.isalnum() or c in "-_" else "_" for c in ds.name)
     return Path(cache_dir) / f"{safe_ds}-{label}-{_cache_key(ds, spec, seed)}.pt"
-
 
 
 def _generate(ds: Dataset, spec: VariantSpec, seed: int, device: str | torch.device) -> dict[str, Tensor]:

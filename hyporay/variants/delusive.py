@@ -18,7 +18,6 @@ from hyporay.variants.spec import POISON_METHODS, VariantSpec
 log = logging.getLogger(__name__)
 
 
-
 def train_source_model(ds: Dataset, spec: VariantSpec, *, seed: int = 0, device: str | torch.device = "cpu") -> nn.Module:
     """The naturally trained source model f_D of P1-P4, deterministic per ``seed`` (on CPU).
 
@@ -42,33 +41,14 @@ def train_source_model(ds: Dataset, spec: VariantSpec, *, seed: int = 0, device:
     return trainer.model.eval()
 
 
-def universal_perturbations(
-    model: nn.Module | None,
-    x: Tensor,
-    y: Tensor,
-    *,
-    num_classes: int,
-    method: str,
-    eps: float,
-    norm: str = "linf",
-    steps: int = 100,
-    step_size: float | None = None,
-    batch_size: int = 128,
-    generator: torch.Generator | None = None,
-    device: str | torch.device = "cpu",
-) -> Tensor:
-    """Class-wise universal perturbations δ_c of P3, P4 (optimised on ``model``) or P5 (random).
+def _universal_deltas(model: nn.Module | None, x: Tensor, y: Tensor, num_classes: int, method: str, eps: float,
+                      norm: str, steps: int, alpha: float, batch_size: int, generator: torch.Generator | None,
+                      device: str | torch.device) -> Tensor:
+    """Class-wise universal perturbations δ_c of P3, P4 (optimised on ``model``) or P5 (random), for
+    :func:`delusive_perturb` (whose arguments these are; ``alpha`` is the resolved step size).
 
-    Args:
-        model: the source model (ignored, may be None, for P5).
-        x: clean training images N x C x H x W, uint8 0..255 or float in [0,1]; y: labels (N).
-        num_classes: K.
-        method: "p3" (δ_c sends class-c images to (c+1) mod K), "p4" (δ_c helps class-c images to c),
-            "p5" (random: l_2: uniform on the sphere of radius ε; l_inf: U[-ε, ε]^d).
-        eps, norm, steps, step_size: budget (pixel units), threat model, PGD iterations and step
-            (None: eps / 5).
-        batch_size: examples per forward pass while accumulating a gradient.
-        generator: RNG for P5 and for the l_2 step's zero-gradient fallback.
+    P3: δ_c sends class-c images to (c+1) mod K; P4: δ_c helps class-c images to c; P5: random (l_2: uniform on
+    the sphere of radius ε; l_inf: U[-ε, ε]^d). ``generator`` drives P5 and the l_2 step's zero-gradient fallback.
 
     P3 / P4, as implemented here (001 §4 says only that all inputs of class y get the same
     class-specific universal perturbation, ξ_t with t a fixed function of y for P3, ξ_y for P4): for
@@ -84,8 +64,6 @@ def universal_perturbations(
         δ, float32 K x C x H x W on CPU, with ||δ_c|| <= ε in ``norm``. A class without examples
         gets δ_c = 0 (P3 / P4).
     """
-    if method not in ("p3", "p4", "p5"):
-        raise ValueError(f"method: universal perturbations exist for p3, p4, p5, got {method!r}")
     threat = THREAT_MODELS[norm]
     shape = (num_classes, *x.shape[1:])
     if method == "p5":
@@ -95,9 +73,6 @@ def universal_perturbations(
             norms = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (g.dim() - 1)))
             return g.div_(norms).mul_(eps)
         return threat.uniform(torch.zeros(shape), eps, generator).clamp_(-eps, eps)
-    if model is None:
-        raise ValueError(f"model: required for {method}")
-    alpha = eps / 5 if step_size is None else float(step_size)
     deltas = torch.zeros(shape, dtype=torch.float32)
     if eps == 0:
         return deltas
@@ -145,7 +120,7 @@ def delusive_perturb(
         model: naturally trained source model (N x C x H x W in [0,1] -> logits); unused by P5.
         x: clean images N x C x H x W (uint8 0..255 or float in [0,1]); y: int64 labels (N), kept.
         method: "p1" targeted PGD toward (y+1) mod K (the paper's Poisoning set); "p2" hypocritical PGD
-            toward y; "p3"/"p4"/"p5" class-wise universal perturbations (:func:`universal_perturbations`).
+            toward y; "p3"/"p4"/"p5" class-wise universal perturbations δ_y (fitted as :func:`_universal_deltas` says).
         eps, norm: budget in pixel units and threat model; steps, step_size: PGD iterations and step
             (None: eps / 5). P1/P2 start at x (no random start), as in the authors' code.
         batch_size: examples per attack batch (P1/P2 results do not depend on it: eval mode).
@@ -156,11 +131,11 @@ def delusive_perturb(
     """
     if method not in POISON_METHODS:
         raise ValueError(f"method: unknown {method!r}; known: {', '.join(POISON_METHODS)}")
+    if model is None and method != "p5":
+        raise ValueError(f"model: required for {method}")
     alpha = eps / 5 if step_size is None else float(step_size)
     out = torch.empty(x.shape, dtype=torch.float32)
     if method in ("p1", "p2"):
-        if model is None:
-            raise ValueError(f"model: required for {method}")
         for start in range(0, len(x), batch_size):
             xb = to_float(x[start:start + batch_size].to(device))
             yb = y[start:start + batch_size].to(device)
@@ -172,9 +147,7 @@ def delusive_perturb(
                          objective="hypocritical", random_start="none", generator=generator)
             out[start:start + len(xb)] = xp.cpu()
         return out
-    deltas = universal_perturbations(model, x, y, num_classes=num_classes, method=method, eps=eps, norm=norm,
-                                     steps=steps, step_size=step_size, batch_size=batch_size,
-                                     generator=generator, device=device)
+    deltas = _universal_deltas(model, x, y, num_classes, method, eps, norm, steps, alpha, batch_size, generator, device)
     for start in range(0, len(x), 4096):
         xb = to_float(x[start:start + 4096])
         out[start:start + len(xb)] = (xb + deltas[y[start:start + 4096]]).clamp_(0.0, 1.0)
