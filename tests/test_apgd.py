@@ -183,3 +183,147 @@ def test_audit_apgd_vs_pgd_passes_a_converged_pgd_and_flags_a_stalled_one(natura
                         **CHEAP_AUDIT)
     assert as_apgd.row("apgd_vs_pgd/adversarial").verdict == PASS
     assert as_apgd.row("apgd_vs_pgd/adversarial").data["other"] == "pgd"
+
+
+# --- the iteration itself, against a plain per-example reference ------------------------------------------
+
+def _reference_apgd(model, x1, y1, objective, score, target1, eps, steps, norm, rho=0.75, momentum=0.75):
+    """APGD as the module docstring states it, one example at a time in plain Python (float64), from x (no random
+    start): η = 2ε; z = P(x_k + η·d(∇)); x_{k+1} = P(x_k + a(z - x_k) + (1 - a)(x_k - x_{k-1})) with a = 1 on the
+    first step; at a checkpoint w_j (the paper's, hard-coded for 30 steps) halve η when the score rose in fewer than
+    ρ of the steps since the last checkpoint, or when η was not halved at the last checkpoint and the best score has
+    not risen since; a halving restarts from the best-score point, without momentum. Returns the best iterate
+    (success first, then the higher score). Projection and scores are the library's (tested on their own)."""
+    marks = {7, 13, 18, 21, 24, 27, 28}  # ceil(30 p_j): p = .22 .41 .57 .70 .80 .87 .93 (.99 -> 30, not < 30)
+    obj = make_objective(objective, score)
+    threat = THREAT_MODELS[norm]
+
+    def f_g(z):
+        z = z.detach().requires_grad_(True)
+        logits = model(z)
+        s = obj.score(logits, y1, target1)
+        (g,) = torch.autograd.grad(s.sum(), z)
+        return float(s.detach()), g, bool(obj.success(logits.detach(), y1, target1))
+
+    def d(g):
+        return g.sign() if norm == "linf" else g / g.flatten().norm().clamp_min(1e-12)
+
+    def proj(z):
+        return threat.project(z, x1, eps)
+
+    eta = 2 * eps
+    x_k = x_prev = x1.clone()
+    f_k, g_k, ok = f_g(x_k)
+    best, best_ok, best_f = x_k, ok, f_k
+    x_max, f_max, g_max = x_k, f_k, g_k
+    rises, last_mark, f_max_at_mark, halved_at_mark = 0, 0, f_max, True
+    for k in range(steps):
+        a = 1.0 if k == 0 else momentum
+        z = proj(x_k + eta * d(g_k))
+        x_prev, x_k = x_k, proj(x_k + a * (z - x_k) + (1 - a) * (x_k - x_prev))
+        f_next, g_k, ok = f_g(x_k)
+        if (ok and not best_ok) or (ok == best_ok and f_next > best_f):
+            best, best_ok, best_f = x_k, ok, f_next
+        rises += f_next > f_k
+        f_k = f_next
+        if f_k > f_max:
+            x_max, f_max, g_max = x_k, f_k, g_k
+        if k + 1 in marks:
+            halve = rises < rho * (k + 1 - last_mark) or (not halved_at_mark and f_max <= f_max_at_mark)
+            if halve:
+                eta /= 2
+                x_k = x_prev = x_max
+                g_k, f_k = g_max, f_max
+            halved_at_mark, f_max_at_mark, last_mark, rises = halve, f_max, k + 1, 0
+    return best
+
+
+@pytest.mark.parametrize("norm,objective,score", [("linf", "hypocritical", "ce"), ("linf", "adversarial", "margin"),
+                                                  ("l2", "targeted", "margin"), ("l2", "adversarial", "ce")])
+def test_iteration_matches_a_per_example_reference(norm, objective, score):
+    """Step size 2ε halved at the paper's checkpoints, momentum 0.75 (1 on the first step), restarts from the best
+    point, best iterate kept: apgd on a batch equals the reference run example by example."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 16), torch.nn.Tanh(),
+                                torch.nn.Linear(16, 5)).double()
+    x = torch.rand(24, 1, 3, 4, dtype=torch.float64)
+    y = torch.randint(0, 5, (24,))
+    target = (y + 2) % 5 if objective == "targeted" else None
+    eps = {"linf": 0.3, "l2": 1.2}[norm]
+    assert checkpoints(30) == [7, 13, 18, 21, 24, 27, 28]
+    out = apgd(model, x, y, eps=eps, steps=30, norm=norm, objective=objective, score=score, target=target,
+               random_start="none")
+    ref = torch.cat([_reference_apgd(model, x[i:i + 1], y[i:i + 1], objective, score,
+                                     None if target is None else target[i:i + 1], eps, 30, norm)
+                     for i in range(len(x))])
+    assert out.dtype == torch.float64
+    assert torch.allclose(out, ref, rtol=0, atol=1e-12), (out - ref).abs().flatten(1).amax(1)
+    # the case exercises the schedule: with ρ = 0 (only the stall rule halves) or without momentum the outputs
+    # differ
+    for kw in (dict(rho=0.0), dict(momentum=1.0)):
+        assert not torch.allclose(out, apgd(model, x, y, eps=eps, steps=30, norm=norm, objective=objective,
+                                            score=score, target=target, random_start="none", **kw))
+
+
+def test_checkpoints_of_short_runs():
+    # 4 steps: ceil(4p) = 1, 2, 3, 3, 4, ... -> the checkpoints after 1, 2 and 3 iterations
+    assert checkpoints(4) == [1, 2, 3]
+    assert checkpoints(2) == [1]
+
+
+def test_rho_and_momentum_take_the_closed_interval(natural_mlp, batch):
+    x, y = batch
+    for kw in (dict(rho=0.0), dict(rho=1.0), dict(momentum=0.0), dict(momentum=1.0)):
+        assert_in_ball_and_box(apgd(natural_mlp, x, y, eps=0.05, steps=3, **kw), x, 0.05, "linf")
+    for name, bad in (("rho", True), ("rho", "0.5"), ("momentum", -0.1), ("rho", 1.01)):
+        with pytest.raises(ValueError, match=rf"^{name}: must be a number in \[0, 1\], got {bad!r}$"):
+            apgd(natural_mlp, x, y, eps=0.05, steps=3, **{name: bad})
+
+
+def test_spec_passes_every_field_to_apgd(natural_mlp, batch):
+    x, y = batch
+    target = (y + 3) % 10
+    spec = AttackSpec(norm="l2", eps=0.8, steps=6, method="apgd", score="margin", random_start="uniform",
+                      restarts=2)
+    got = spec.run(natural_mlp, x, y, "targeted", target=target, generator=torch.Generator().manual_seed(5))
+    want = apgd(natural_mlp, x, y, eps=0.8, steps=6, norm="l2", objective="targeted", score="margin", target=target,
+                random_start="uniform", restarts=2, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(got, want)
+    # and each field matters here (so the comparison above can fail)
+    for kw in (dict(norm="linf"), dict(random_start="none"), dict(restarts=1), dict(target=(y + 4) % 10)):
+        other = dict(eps=0.8, steps=6, norm="l2", objective="targeted", score="margin", target=target,
+                     random_start="uniform", restarts=2, generator=torch.Generator().manual_seed(5)) | kw
+        assert not torch.equal(got, apgd(natural_mlp, x, y, **other)), kw
+
+
+# --- the margin (DLR) scores, by hand ----------------------------------------------------------------------
+
+def test_margin_scores_are_the_dlr_of_croce_and_hein():
+    torch.manual_seed(0)
+    logits = torch.randn(40, 6) * 3
+    y = torch.randint(0, 6, (40,))
+    t = (y + 1) % 6
+    for i in range(40):
+        z = logits[i].tolist()
+        s = sorted(z, reverse=True)
+        other_y = max(v for j, v in enumerate(z) if j != y[i])
+        other_t = max(v for j, v in enumerate(z) if j != t[i])
+        untargeted = s[0] - s[2] + 1e-12
+        targeted = s[0] - (s[2] + s[3]) / 2 + 1e-12
+        row = logits[i:i + 1]
+        adv = make_objective("adversarial", "margin").score(row, y[i:i + 1], None)
+        hyp = make_objective("hypocritical", "margin").score(row, y[i:i + 1], None)
+        tgt = make_objective("targeted", "margin").score(row, y[i:i + 1], t[i:i + 1])
+        assert float(adv) == pytest.approx(-(z[y[i]] - other_y) / untargeted, rel=1e-5)
+        assert float(hyp) == pytest.approx((z[y[i]] - other_y) / targeted, rel=1e-5)
+        assert float(tgt) == pytest.approx((z[t[i]] - other_t) / targeted, rel=1e-5)
+
+
+def test_margin_needs_enough_classes():
+    y = torch.zeros(2, dtype=torch.long)
+    make_objective("adversarial", "margin").score(torch.randn(2, 3), y, None)  # 3 classes suffice untargeted
+    make_objective("hypocritical", "margin").score(torch.randn(2, 4), y, None)  # 4 targeted
+    for objective, k, need in (("adversarial", 2, 3), ("hypocritical", 3, 4), ("targeted", 3, 4)):
+        with pytest.raises(ValueError) as err:
+            make_objective(objective, "margin").score(torch.randn(2, k), y, y)
+        assert str(err.value) == f"score: 'margin' needs at least {need} classes for this objective, got {k}"

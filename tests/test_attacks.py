@@ -434,3 +434,45 @@ def test_unknown_names_list_the_known_ones(natural_mlp, batch):
     with pytest.raises(ValueError, match=r"^objective: unknown 'x'; known: adversarial, hypocritical, stability, "
                                          r"targeted$"):
         pgd(natural_mlp, x, y, eps=0.1, step_size=0.025, steps=1, objective="x")
+
+
+def test_attack_spec_run_passes_score_target_and_best_iterate_to_pgd(natural_mlp, batch):
+    """One restart (so only best_iterate turns tracking on), a full-ε step (so the last iterate is not the best),
+    the targeted margin score: the spec's run is pgd with exactly these, and each of them changes the result."""
+    from hyporay.attacks import AttackSpec
+
+    x, y = batch
+    target = (y + 1) % 10
+    spec = AttackSpec(eps=0.1, step_size=0.1, steps=5, best_iterate=True, score="margin")
+    kw = dict(eps=0.1, step_size=0.1, steps=5, objective="targeted", target=target, best_iterate=True,
+              score="margin")
+    got = spec.run(natural_mlp, x, y, "targeted", target=target, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(got, pgd(natural_mlp, x, y, **kw, generator=torch.Generator().manual_seed(3)))
+    for change in (dict(best_iterate=False), dict(score="ce"), dict(target=(y + 2) % 10)):
+        other = pgd(natural_mlp, x, y, **(kw | change), generator=torch.Generator().manual_seed(3))
+        assert not torch.equal(got, other), change
+
+
+def test_step_size_none_is_a_quarter_of_eps(natural_mlp, batch):
+    x, y = batch
+    g = torch.Generator
+    assert torch.equal(pgd(natural_mlp, x, y, eps=0.1, step_size=None, steps=3, generator=g().manual_seed(1)),
+                       pgd(natural_mlp, x, y, eps=0.1, step_size=0.025, steps=3, generator=g().manual_seed(1)))
+
+
+def test_make_objective_defaults_and_messages():
+    from hyporay.attacks import make_objective
+
+    logits, y = torch.randn(8, 10), torch.randint(0, 10, (8,))
+    assert torch.equal(make_objective("adversarial").score(logits, y, None),
+                       torch.nn.functional.cross_entropy(logits, y, reduction="none"))  # default score: ce
+    for call, message in (
+            (lambda: make_objective("x"), "objective: unknown 'x'; known: adversarial, hypocritical, stability, "
+                                          "targeted"),
+            (lambda: make_objective("adversarial", "dlr"), "score: unknown 'dlr'; allowed: ce, margin"),
+            (lambda: make_objective("stability", "margin"), "score: 'margin' is not defined for objective "
+                                                            "'stability' (it ascends KL(p(x) || p(x'))); allowed "
+                                                            "there: ce")):
+        with pytest.raises(ValueError) as err:
+            call()
+        assert str(err.value) == message

@@ -283,3 +283,39 @@ def test_a_model_without_parameters_is_evaluated_on_the_cpu(digits):
 def test_setting_names_reject_unknown_kinds_listing_the_known():
     with pytest.raises(ValueError, match=r"^kind: unknown 'epochs'; known: steps, restarts$"):
         M.at_setting("epochs", 3, M.ACC_ADV)
+
+
+def test_certified_risks_count_the_certificates_over_all_batches(natural_mlp, digits):
+    """The certified upper bounds are 1 - (certified points of the subset) / |subset|, counted over every batch."""
+    from hyporay.certify import certify
+
+    x, y = digits.x_test[:300], digits.y_test[:300]
+    got = M.certified_risks(natural_mlp, iterate_batches(x, y, 128, shuffle=False), eps=0.05, method="crown")
+    cert = certify(natural_mlp, x, y, eps=0.05, method="crown")
+    wrong, right = ~cert.correct, cert.correct
+    assert 0 < int(cert.unconcealable.sum()) < int(wrong.sum()) and 0 < int(cert.robust.sum()) < int(right.sum())
+    assert got[M.HYPOCRITICAL_RISK_CERTIFIED_UPPER] == pytest.approx(
+        1 - int((cert.unconcealable & wrong).sum()) / int(wrong.sum()), abs=1e-12)
+    assert got[M.ADVERSARIAL_RISK_CORRECT_CERTIFIED_UPPER] == pytest.approx(
+        1 - int((cert.robust & right).sum()) / int(right.sum()), abs=1e-12)
+    with pytest.raises(ValueError, match="^batches: no examples to certify$"):
+        M.certified_risks(natural_mlp, [], eps=0.02)
+
+
+def test_outcomes_without_clean_logits_concatenate_without_a_degeneracy_check():
+    def part(n, logits):
+        b = torch.zeros(n, dtype=torch.bool)
+        return M.PerExample(y=torch.zeros(n, dtype=torch.long), clean_pred=torch.zeros(n, dtype=torch.long),
+                            adv_success=b, hyp_success=b, sta_success=b, clean_logits=logits)
+
+    constant = torch.zeros(3, 4)
+    assert M._concat([part(3, constant), part(3, None)]).clean_logits is None
+    assert torch.equal(M._concat([part(3, constant), part(3, constant)]).clean_logits, torch.zeros(6, 4))
+    assert M.aggregate(M._concat([part(3, constant), part(3, None)]))[M.DEGENERATE] == 0.0
+
+
+def test_degeneracy_from_two_examples_on():
+    assert M.degeneracy(torch.tensor([[1.0, 2.0], [1.0, 2.0]])) == (0, True)
+    assert M.degeneracy(torch.tensor([[1.0, 2.0], [1.0, 2.5]])) == (0, False)
+    assert M.degeneracy(torch.tensor([[1.0, 2.0]])) == (0, False)  # one example says nothing about constancy
+    assert M.degeneracy(torch.tensor([[1.0, float("nan")], [1.0, 2.0]])) == (1, False)

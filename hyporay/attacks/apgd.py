@@ -89,9 +89,8 @@ def apgd(
     Returns:
         x' (detached), same shape/dtype as x, with ||x' - x|| <= eps and x' in [0,1].
     """
-    kind = check_attack_args(eps=eps, step_size=2 * eps if isinstance(eps, (int, float)) else eps, steps=steps,
-                             norm=norm, objective=objective, random_start=random_start, sigma=sigma,
-                             restarts=restarts)
+    kind = check_attack_args(eps=eps, step_size=None, steps=steps, norm=norm, objective=objective,
+                             random_start=random_start, sigma=sigma, restarts=restarts)
     for name, value in (("rho", rho), ("momentum", momentum)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             raise ValueError(f"{name}: must be a number in [0, 1], got {value!r}")

@@ -50,15 +50,18 @@ def _known(names) -> str:
 
 
 def check_attack_args(
-    *, eps: float, step_size: float, steps: int, norm: str, objective: str,
+    *, eps: float, step_size: float | None, steps: int, norm: str, objective: str,
     random_start: str | bool | None, sigma: float | None, restarts: int,
 ) -> str:
-    """Validate attack arguments; raise ``ValueError`` naming the argument. Returns the start kind."""
+    """Validate attack arguments; raise ``ValueError`` naming the argument. Returns the start kind.
+
+    ``step_size=None`` is not checked: the default ε/4 of ``pgd`` and ``AttackSpec``, or APGD's own step."""
     if norm not in THREAT_MODELS:
         raise ValueError(f"norm: unknown {norm!r}; known: {_known(THREAT_MODELS)}")
     if objective not in OBJECTIVES:
         raise ValueError(f"objective: unknown {objective!r}; known: {_known(OBJECTIVES)}")
-    for name, value in (("eps", eps), ("step_size", step_size)):
+    numbers = [("eps", eps)] if step_size is None else [("eps", eps), ("step_size", step_size)]
+    for name, value in numbers:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise ValueError(f"{name}: must be a number >= 0, got {value!r}")
     for name, value in (("steps", steps), ("restarts", restarts)):
@@ -120,7 +123,7 @@ def pgd(
     y: Tensor,
     *,
     eps: float,
-    step_size: float,
+    step_size: float | None,
     steps: int,
     norm: str = "linf",
     objective: str = "adversarial",
@@ -142,7 +145,8 @@ def pgd(
         x: clean inputs, float, N x ..., values in [0,1].
         y: true labels, int64, shape N.
         eps: radius of the ball in pixel units (e.g. 8/255), >= 0. eps = 0 returns x exactly.
-        step_size: step length α per iteration (pixel units; l_inf: α·sign(∇), l_2: α·∇/||∇||₂).
+        step_size: step length α per iteration (pixel units; l_inf: α·sign(∇), l_2: α·∇/||∇||₂); None
+            means ε/4, as in ``AttackSpec``.
         steps: iterations K >= 1.
         norm: "linf" or "l2".
         objective: "adversarial" (ascend CE toward misclassification), "hypocritical" (descend CE toward
@@ -172,7 +176,8 @@ def pgd(
                              random_start=random_start, sigma=sigma, restarts=restarts)
     obj, kind, sigma = prepare_attack(x, y, objective, score, target, kind, sigma)
     threat = THREAT_MODELS[norm]
-    eps, step_size = float(eps), float(step_size)
+    eps = float(eps)
+    step_size = eps / 4 if step_size is None else float(step_size)
     x = x.detach()
     if eps == 0:
         return x.clone()
