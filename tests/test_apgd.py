@@ -327,3 +327,19 @@ def test_margin_needs_enough_classes():
         with pytest.raises(ValueError) as err:
             make_objective(objective, "margin").score(torch.randn(2, k), y, y)
         assert str(err.value) == f"score: 'margin' needs at least {need} classes for this objective, got {k}"
+
+
+def test_the_start_and_its_sigma_are_the_ones_asked_for(natural_mlp, batch):
+    """Each start kind gives its own draws (same generator seed), and a gaussian start uses the sigma given."""
+    x, y = batch
+
+    def run(**kw):
+        return apgd(natural_mlp, x, y, eps=0.1, steps=2, generator=torch.Generator().manual_seed(4), **kw)
+
+    outs = {kind: run(random_start=kind) for kind in ("none", "uniform", "gaussian")}
+    assert not torch.equal(outs["none"], outs["uniform"]) and not torch.equal(outs["uniform"], outs["gaussian"])
+    assert not torch.equal(outs["none"], outs["gaussian"])
+    assert not torch.equal(run(random_start="gaussian", sigma=0.05), outs["gaussian"])  # default sigma 0.01
+    assert torch.equal(run(random_start="gaussian", sigma=0.01), outs["gaussian"])
+    with pytest.raises(ValueError, match=r"^sigma: must be a number >= 0, got -0.1$"):
+        run(random_start="gaussian", sigma=-0.1)
