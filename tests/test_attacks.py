@@ -425,6 +425,8 @@ def test_attack_spec_validates_on_construction():
         AttackSpec(norm="l3")
     with pytest.raises(ValueError, match=r"^restarts: must be an integer >= 1"):
         AttackSpec(restarts=0)
+    with pytest.raises(ValueError, match=r"^step_size: must be a number >= 0, got -0.1$"):
+        AttackSpec(step_size=-0.1)
 
 
 def test_unknown_names_list_the_known_ones(natural_mlp, batch):

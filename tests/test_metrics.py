@@ -300,6 +300,24 @@ def test_certified_risks_count_the_certificates_over_all_batches(natural_mlp, di
         1 - int((cert.robust & right).sum()) / int(right.sum()), abs=1e-12)
     with pytest.raises(ValueError, match="^batches: no examples to certify$"):
         M.certified_risks(natural_mlp, [], eps=0.02)
+    assert M.certified_risks(natural_mlp, [(x, y)], eps=0.05) == got  # "crown" is the default method
+
+    # the norm and the method reach certify (and here each of them changes the numbers)
+    def bounds(eps, norm, method):
+        c = certify(natural_mlp, x, y, eps=eps, norm=norm, method=method)
+        return 1 - int(c.unconcealable.sum()) / int(wrong.sum()), 1 - int(c.robust.sum()) / int(right.sum())
+
+    for eps, norm, method, other in ((0.1, "l2", "crown", (0.1, "linf", "crown")),
+                                     (0.01, "linf", "ibp", (0.01, "linf", "crown"))):
+        m = M.certified_risks(natural_mlp, [(x, y)], eps=eps, norm=norm, method=method)
+        want = bounds(eps, norm, method)
+        assert (m[M.HYPOCRITICAL_RISK_CERTIFIED_UPPER], m[M.ADVERSARIAL_RISK_CORRECT_CERTIFIED_UPPER]) == \
+            pytest.approx(want, abs=1e-12)
+        assert want != bounds(*other)
+
+    # a model without parameters is certified on the CPU
+    flat = M.certified_risks(torch.nn.Sequential(torch.nn.Flatten()), [(x[:20], y[:20])], eps=0.01)
+    assert set(flat) == {M.HYPOCRITICAL_RISK_CERTIFIED_UPPER, M.ADVERSARIAL_RISK_CORRECT_CERTIFIED_UPPER}
 
 
 def test_outcomes_without_clean_logits_concatenate_without_a_degeneracy_check():
@@ -319,3 +337,7 @@ def test_degeneracy_from_two_examples_on():
     assert M.degeneracy(torch.tensor([[1.0, 2.0], [1.0, 2.5]])) == (0, False)
     assert M.degeneracy(torch.tensor([[1.0, 2.0]])) == (0, False)  # one example says nothing about constancy
     assert M.degeneracy(torch.tensor([[1.0, float("nan")], [1.0, 2.0]])) == (1, False)
+    # the tolerance is 1e-6 x (1 + the largest |logit|), measured from the first row
+    assert M.degeneracy(torch.tensor([[0.0], [1.5e-6]])) == (0, False)  # above 1e-6 x (1 + 1.5e-6)
+    assert M.degeneracy(torch.tensor([[1000.0], [1000.0005]])) == (0, True)  # below 1e-6 x 1001
+    assert M.degeneracy(torch.tensor([[0.0], [0.8e-6], [1.6e-6]])) == (0, False)  # 1.6e-6 from the first row
