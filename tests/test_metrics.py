@@ -341,3 +341,13 @@ def test_degeneracy_from_two_examples_on():
     assert M.degeneracy(torch.tensor([[0.0], [1.5e-6]])) == (0, False)  # above 1e-6 x (1 + 1.5e-6)
     assert M.degeneracy(torch.tensor([[1000.0], [1000.0005]])) == (0, True)  # below 1e-6 x 1001
     assert M.degeneracy(torch.tensor([[0.0], [0.8e-6], [1.6e-6]])) == (0, False)  # 1.6e-6 from the first row
+
+
+def test_meaningful_needs_a_non_degenerate_model_and_both_risks():
+    """What decides whether a trial's risks may be shown (frontiers, reports, Optuna objectives)."""
+    ok = {M.NATURAL_RISK: 0.1, M.HYPOCRITICAL_RISK: 0.5, M.DEGENERATE: 0.0}
+    assert M.meaningful(ok) and M.meaningful({M.NATURAL_RISK: 0, M.HYPOCRITICAL_RISK: 1})
+    assert not M.meaningful(ok | {M.DEGENERATE: 1.0})
+    assert not M.meaningful(ok | {M.HYPOCRITICAL_RISK: float("nan")})  # no mistakes: nothing to conceal
+    assert not M.meaningful({M.NATURAL_RISK: 0.1})
+    assert not M.meaningful(ok | {M.NATURAL_RISK: "0.1"})
