@@ -23,10 +23,11 @@ class ConfigError(ValueError):
     """A user error in a configuration: one line naming the field and what is allowed."""
 
 
-def _one_of(value: str, known: list[str], field: str = "") -> str:
-    """``value`` if it is registered, else ``ValueError("[field: ]unknown 'x'; known: a, b, ...")``."""
+def _one_of(value: str, known: list[str]) -> str:
+    """``value`` if it is registered, else ``ValueError("unknown 'x'; known: a, b, ...")`` (the field is named by
+    ``_format``)."""
     if value not in known:
-        raise ValueError(f"{field + ': ' if field else ''}unknown {value!r}; known: {', '.join(known)}")
+        raise ValueError(f"unknown {value!r}; known: {', '.join(known)}")
     return value
 
 
@@ -127,6 +128,13 @@ class VariantConfig(_Strict):
     source_epochs: int = Field(10, ge=1)
     source_lr: float = Field(0.05, gt=0)
 
+    @field_validator("source_model")
+    @classmethod
+    def _known_source_model(cls, v: str | None) -> str | None:
+        from hyporay.models import list_models
+
+        return v if v is None else _one_of(v, list_models())
+
 
 class TrainConfig(_Strict):
     trainer: Literal[tuple(sorted(LOSSES))] = "natural"  # type: ignore[valid-type]
@@ -216,14 +224,6 @@ class TrialConfig(_Strict):
         if v == "auto" or v == "cpu" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit()):
             return v
         raise ValueError(f"unknown {v!r}; allowed: auto, cpu, cuda, cuda:N")
-
-    @model_validator(mode="after")
-    def _source_model(self) -> TrialConfig:
-        from hyporay.models import list_models
-
-        if self.variant.source_model is not None:
-            _one_of(self.variant.source_model, list_models(), "variant.source_model")
-        return self
 
     def flat(self) -> dict[str, Any]:
         """Dotted-key view of the whole config (MLflow params, tables)."""
