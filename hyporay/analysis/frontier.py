@@ -8,6 +8,7 @@ every point) are marked, and each curve has its own Pareto front of its mean poi
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import pandas as pd
@@ -133,7 +134,7 @@ def table(pts: list[FrontierPoint], caption: str | None = None) -> str:
 
 def certified(pts: list[FrontierPoint]) -> bool:
     """Whether the points carry the certified side of the R_hyp(D-) bracket (the runs had eval.certify)."""
-    return any(p.hypocritical_risk_certified_upper == p.hypocritical_risk_certified_upper for p in pts)
+    return any(not math.isnan(p.hypocritical_risk_certified_upper) for p in pts)
 
 
 def csv_rows(pts: list[FrontierPoint]) -> list[dict]:

@@ -72,6 +72,7 @@ def thrm(model, x, y, ctx):
     """THRM: x' = argmin CE(p(x'), y) (the hypocritical attack)."""
     return _regularised("hypocritical", model, x, y, ctx)
 
+
 LOSSES: dict[str, Callable] = {"natural": natural, "pgd_at": pgd_at, "trades": trades, "thrm": thrm}
 #: how many inner-attack passes each loss spends per batch (for cost models): 0 or the attack's steps
 ATTACKS_PER_BATCH = {"natural": 0, "pgd_at": 1, "trades": 1, "thrm": 1}

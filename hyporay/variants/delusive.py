@@ -120,7 +120,7 @@ def delusive_perturb(
         model: naturally trained source model (N x C x H x W in [0,1] -> logits); unused by P5.
         x: clean images N x C x H x W (uint8 0..255 or float in [0,1]); y: int64 labels (N), kept.
         method: "p1" targeted PGD toward (y+1) mod K (the paper's Poisoning set); "p2" hypocritical PGD
-            toward y; "p3"/"p4"/"p5" class-wise universal perturbations δ_y (fitted as :func:`_universal_deltas` says).
+            toward y; "p3"/"p4"/"p5" class-wise universal perturbations δ_y (see :func:`_universal_deltas`).
         eps, norm: budget in pixel units and threat model; steps, step_size: PGD iterations and step
             (None: eps / 5). P1/P2 start at x (no random start), as in the authors' code.
         batch_size: examples per attack batch (P1/P2 results do not depend on it: eval mode).
