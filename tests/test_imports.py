@@ -122,15 +122,8 @@ def test_circle_finder_finds_a_circle_through_a_function_level_import(tmp_path):
     assert found == [["hyporay.sub.a", "hyporay.sub.b", "hyporay.sub.c"]]
 
 
-# circles whose removal is under way elsewhere (issue 21 item 3: attacks/spec.py); each must still exist, so the
-# entry goes when the circle does
-PENDING = [["hyporay.attacks.apgd", "hyporay.attacks.pgd"]]
-
-
 def test_no_import_circle_anywhere_in_hyporay():
     found = circles(import_graph())
-    assert [c for c in PENDING if c not in found] == [], "a pending circle is gone: remove it from PENDING"
-    found = [c for c in found if c not in PENDING]
     assert found == [], "import circles (each a set of modules importing each other):\n" + "\n".join(
         " <-> ".join(c) for c in found)
 
