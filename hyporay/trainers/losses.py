@@ -1,4 +1,5 @@
-"""Per-batch training losses: NT, PGD-AT, TRADES, THRM (000 §5.1). The only thing trainers differ in.
+"""Per-batch training losses: NT, PGD-AT, TRADES, THRM (000 §5.1) and RandNoise (001 Table 2). The only thing
+trainers differ in.
 
 Each loss is ``fn(model, x, y, ctx) -> (loss, logits)`` (logits of the inputs the CE term saw). The model is in train mode
 when called; the inner attack runs in eval mode (the PGD engine sees to that and restores the mode).
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hyporay.attacks import AttackSpec
+from hyporay.attacks import THREAT_MODELS, AttackSpec
 
 
 @dataclass
@@ -52,6 +53,16 @@ def pgd_at(model, x, y, ctx):
     return F.cross_entropy(logits, y), logits
 
 
+def randnoise(model, x, y, ctx):
+    """RandNoise (001 Table 2): CE on x' = x + δ, δ uniform in the training attack's ε-ball (l_inf: U[-ε, ε]^d;
+    l_2: uniform in the ball), clipped to [0, 1]; one fresh draw per example and batch, no gradient steps."""
+    threat = THREAT_MODELS[ctx.attack.norm]
+    with torch.no_grad():
+        x_noisy = threat.project(x + threat.uniform(x, ctx.attack.eps, ctx.generator), x, ctx.attack.eps)
+    logits = model(x_noisy)
+    return F.cross_entropy(logits, y), logits
+
+
 def _regularised(objective: str, model, x, y, ctx):
     """CE(p(x), y) + λ·KL(p(x) || p(x')), x' from the inner attack ``objective``."""
     if ctx.lam == 0:  # λ = 0 is natural training exactly; skip the inner attack
@@ -73,6 +84,7 @@ def thrm(model, x, y, ctx):
     return _regularised("hypocritical", model, x, y, ctx)
 
 
-LOSSES: dict[str, Callable] = {"natural": natural, "pgd_at": pgd_at, "trades": trades, "thrm": thrm}
+LOSSES: dict[str, Callable] = {"natural": natural, "pgd_at": pgd_at, "trades": trades, "thrm": thrm,
+                               "randnoise": randnoise}
 #: how many inner-attack passes each loss spends per batch (for cost models): 0 or the attack's steps
-ATTACKS_PER_BATCH = {"natural": 0, "pgd_at": 1, "trades": 1, "thrm": 1}
+ATTACKS_PER_BATCH = {"natural": 0, "pgd_at": 1, "trades": 1, "thrm": 1, "randnoise": 0}
