@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import loss_forward_inputs
 from hyporay.attacks import AttackSpec
 from hyporay.models import build_model
 from hyporay.trainers import LOSSES, LossContext
@@ -16,18 +17,8 @@ def _model(ds, name="mlp", seed=0):
 
 
 def _seen_input(model, loss, x, y, ctx):
-    """The batch the loss's own forward saw (grad enabled, input not requiring grad), and the loss value."""
-    seen = []
-
-    def hook(mod, inp):
-        if torch.is_grad_enabled() and not inp[0].requires_grad:
-            seen.append(inp[0].detach().clone())
-
-    handle = model.register_forward_pre_hook(hook)
-    try:
-        value, logits = LOSSES[loss](model, x, y, ctx)
-    finally:
-        handle.remove()
+    """The loss value, its logits and the batch the loss's own forward saw."""
+    (value, logits), seen = loss_forward_inputs(model, LOSSES[loss], x, y, ctx)
     return value, logits, seen[-1]
 
 

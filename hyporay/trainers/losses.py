@@ -1,5 +1,5 @@
-"""Per-batch training losses: NT, PGD-AT, TRADES, THRM (000 §5.1) and RandNoise (001 Table 2). The only thing
-trainers differ in.
+"""Per-batch training losses: NT, PGD-AT, TRADES, THRM (000 §5.1), RandNoise (001 Table 2). The only thing trainers
+differ in.
 
 Each loss is ``fn(model, x, y, ctx) -> (loss, logits)`` (logits of the inputs the CE term saw). The model is in train mode
 when called; the inner attack runs in eval mode (the PGD engine sees to that and restores the mode).
