@@ -5,6 +5,9 @@ Each loss is ``fn(model, x, y, ctx) -> (loss, logits)`` (logits of the inputs th
 when called; the inner attack runs in eval mode (the PGD engine sees to that and restores the mode).
 KL terms are KL(p(x) || p(x')) with ``batchmean`` reduction, gradients through both sides (the clean
 distribution is not detached), as in the official TRADES and False-Friends code.
+
+Passes (``hyporay.passes``): the inner attack records its own; each loss records its forward images, and the same
+number of backward passes (the training step backpropagates through every forward of the loss).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hyporay import passes
 from hyporay.attacks import THREAT_MODELS, AttackSpec
 
 
@@ -29,6 +33,7 @@ class LossContext:
 
 
 def _forward_pair(model: nn.Module, x: Tensor, x_pert: Tensor, concat: bool) -> tuple[Tensor, Tensor]:
+    passes.add(forward=2 * len(x), backward=2 * len(x))
     if concat:  # BatchNorm statistics over 2B examples, as in the False-Friends code
         out = model(torch.cat([x, x_pert]))
         return out[: len(x)], out[len(x):]
@@ -43,12 +48,14 @@ def kl_batchmean(logits_p: Tensor, logits_q: Tensor) -> Tensor:
 
 
 def natural(model, x, y, ctx):
+    passes.add(forward=len(x), backward=len(x))
     logits = model(x)
     return F.cross_entropy(logits, y), logits
 
 
 def pgd_at(model, x, y, ctx):
     x_adv = ctx.attack.run(model, x, y, "adversarial", generator=ctx.generator)
+    passes.add(forward=len(x), backward=len(x))
     logits = model(x_adv)
     return F.cross_entropy(logits, y), logits
 
@@ -59,6 +66,7 @@ def randnoise(model, x, y, ctx):
     threat = THREAT_MODELS[ctx.attack.norm]
     with torch.no_grad():
         x_noisy = threat.project(x + threat.uniform(x, ctx.attack.eps, ctx.generator), x, ctx.attack.eps)
+    passes.add(forward=len(x), backward=len(x))
     logits = model(x_noisy)
     return F.cross_entropy(logits, y), logits
 
