@@ -206,5 +206,5 @@ def test_state_dict_round_trip_resumes_bit_identically(digits):
 
 
 def test_unknown_trainer_lists_known(digits):
-    with pytest.raises(ValueError, match="^trainer: unknown 'madry'; known: natural, pgd_at, thrm, trades$"):
+    with pytest.raises(ValueError, match="^trainer: unknown 'madry'; known: fat, gairat, natural, pgd_at, randnoise, thrm, trades$"):
         Trainer(_model(digits), loss="madry", attack=ATTACK)
