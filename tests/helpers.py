@@ -154,3 +154,15 @@ def loss_forward_inputs(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Ten
     finally:
         handle.remove()
     return out, seen
+
+
+def load_script(relpath: str):
+    """Import a script of the checkout (e.g. ``tools/gmm_figure2.py``) as a module, to call its ``main``."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

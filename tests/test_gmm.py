@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from helpers import load_script
 from hyporay.theory import gmm
 
 # issue 25's reference values at σ = 1, η = 0.01 (derived from the closed form by hand)
@@ -96,13 +97,7 @@ def test_bad_parameters_fail_with_one_line(kwargs, field):
 
 
 def test_figure2_script_prints_the_table_and_draws(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "tools" / "gmm_figure2.py"
-    spec = importlib.util.spec_from_file_location("gmm_figure2", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("tools/gmm_figure2.py")
     out = tmp_path / "fig2.png"
     assert mod.main(["--out", str(out), "--d-max", "1000"]) == 0
     assert out.stat().st_size > 10_000

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import load_script
 from hyporay.audit import FLAG, PASS, SKIPPED
 from hyporay.audit.smuggling import check_smuggling, gap_statistic, load_fresh_split
 from hyporay.variants.smuggle import (SmuggleSpec, feature_map, feature_shift, fit_linear, smuggle, smuggling_gap,
@@ -194,14 +195,8 @@ def test_load_fresh_split_checks_the_file(tmp_path, digits):
 
 
 def test_smuggling_gap_script_writes_its_table(tmp_path, capsys):
-    import importlib.util
     import json
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "tools" / "smuggling_gap.py"
-    spec = importlib.util.spec_from_file_location("smuggling_gap_tool", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("tools/smuggling_gap.py")
     out = tmp_path / "s.md"
     assert mod.main(["--seeds", "2", "--eps", "0.1", "--steps", "1", "--features", "pixels", "--out", str(out)]) == 0
     text = out.read_text()
