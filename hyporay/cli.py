@@ -193,7 +193,7 @@ def cmd_audit(args) -> int:
     report = audit_checkpoint(state, spec=spec, tolerances=tol, device=args.device, subset=args.subset,
                               surrogate=args.surrogate, transfer=not args.no_transfer,
                               surrogate_epochs=args.surrogate_epochs, surrogate_seed=args.surrogate_seed,
-                              surrogate_model=args.surrogate_model, seed=args.seed,
+                              surrogate_model=args.surrogate_model, seed=args.seed, fresh=args.fresh,
                               log=lambda msg: print(msg, file=sys.stderr, flush=True), **grids)
     report.settings["checkpoint"] = str(args.checkpoint)
     st = report.settings
@@ -260,6 +260,9 @@ def _add_audit_parser(sub, fmt) -> None:
     a.add_argument("--surrogate-seed", type=int, help="seed of the trained surrogate (default: the trial's + 1)")
     a.add_argument("--surrogate-model", help="architecture of the trained surrogate (default: the trial's)")
     a.add_argument("--no-transfer", action="store_true", help="skip the transfer check (verdict 'skipped')")
+    a.add_argument("--fresh", metavar="FILE", help="a fresh test split (.pt with tensors x, y, or .npz) never seen by "
+                   "the model's author: the smuggling_gap check compares it with the declared test split "
+                   "(docs/seeds.md); without it that check is skipped")
     for f in fields(T.Tolerances):
         a.add_argument(f"--tol-{f.name.replace('_', '-')}", dest=f"tol_{f.name}", type=float, default=f.default,
                        metavar="X", help=f.metadata["help"])
