@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from hyporay import passes
 from hyporay.attacks import AttackSpec, frozen_eval
 
 ACC_CLEAN = "acc_clean"                        # D: clean accuracy
@@ -50,6 +51,12 @@ CERTIFIED_METRICS = (HYPOCRITICAL_RISK_CERTIFIED_UPPER, ADVERSARIAL_RISK_CORRECT
 RISK_METRICS = (NATURAL_RISK, ADVERSARIAL_RISK, ADVERSARIAL_RISK_CORRECT, HYPOCRITICAL_RISK_ALL,
                 HYPOCRITICAL_RISK, STABILITY_RISK, STABILITY_RISK_MISCLASSIFIED)
 ACCURACY_METRICS = (ACC_CLEAN, ACC_ADV, ACC_HYP)
+# Image-passes (hyporay.passes: forward + backward, attacks included) a trial spent: training so far and in the
+# last epoch; evaluation so far and in the last evaluation (the convergence grids included).
+TRAIN_PASSES, TRAIN_PASSES_EPOCH = "train_passes", "train_passes_epoch"
+EVAL_PASSES, EVAL_PASSES_EPOCH = "eval_passes", "eval_passes_epoch"
+PASS_METRICS = (TRAIN_PASSES, TRAIN_PASSES_EPOCH, EVAL_PASSES, EVAL_PASSES_EPOCH)
+
 CORE_METRICS = ACCURACY_METRICS + RISK_METRICS + (N_EXAMPLES, N_MISCLASSIFIED, DEGENERATE)
 HEALTH_METRICS = (DEGENERATE, NONFINITE_LOGITS, PREDICTED_CLASSES)
 
@@ -176,11 +183,13 @@ def meaningful(metrics: dict) -> bool:
 
 @torch.no_grad()
 def _predict(model: nn.Module, x: Tensor) -> Tensor:
+    passes.add(forward=len(x))
     return model(x).argmax(1)
 
 
 @torch.no_grad()
 def _logits(model: nn.Module, x: Tensor) -> Tensor:
+    passes.add(forward=len(x))
     return model(x).float()
 
 

@@ -28,7 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from hyporay.attacks.context import frozen_eval
-from hyporay.attacks.pgd import _merge, _start, check_attack_args, prepare_attack
+from hyporay import passes
+from hyporay.attacks.common import check_attack_args, merge_best, prepare_attack, start_point
 from hyporay.attacks.threat import THREAT_MODELS
 
 #: APGD's constants (paper and authors' code)
@@ -108,12 +109,14 @@ def apgd(
         if not need_grad:
             with torch.no_grad():
                 logits = model(z)
+                passes.add(forward=len(z))
                 return logits, obj.score(logits, y, target).detach(), None
         with torch.enable_grad():  # also when the caller is inside torch.no_grad()
             z = z.detach().requires_grad_(True)
             logits = model(z)
             s = obj.score(logits, y, target)
             (g,) = torch.autograd.grad(s.sum(), z)
+        passes.add(forward=len(z), backward=len(z))
         return logits.detach(), s.detach(), g
 
     def direction(g: Tensor) -> Tensor:
@@ -124,11 +127,12 @@ def apgd(
         if objective == "stability":
             with torch.no_grad():
                 obj.prepare(model(x))
+            passes.add(forward=len(x))
         best = best_succ = best_score = None
         for _ in range(restarts):
-            x_k = _start(x, eps, threat, kind, sigma, generator)
+            x_k = start_point(x, eps, threat, kind, sigma, generator)
             logits, f_k, grad = evaluate(x_k, need_grad=True)
-            best, best_succ, best_score = _merge(best, best_succ, best_score, x_k,
+            best, best_succ, best_score = merge_best(best, best_succ, best_score, x_k,
                                                  obj.success(logits, y, target), f_k)
             # the point with the highest score so far: where a halving restarts from
             x_max, f_max, g_max = x_k.clone(), f_k.clone(), grad.clone()
@@ -144,7 +148,7 @@ def apgd(
                     x_next = project(x_k + a * (z - x_k) + (1 - a) * (x_k - x_prev))
                 x_prev, x_k = x_k, x_next
                 logits, f_next, grad = evaluate(x_k, need_grad=k < steps - 1)
-                best, best_succ, best_score = _merge(best, best_succ, best_score, x_k,
+                best, best_succ, best_score = merge_best(best, best_succ, best_score, x_k,
                                                      obj.success(logits, y, target), f_next)
                 increases += (f_next > f_k).long()
                 f_k = f_next

@@ -7,7 +7,7 @@ Images are N x C x H x W, float32 in [0, 1] or uint8 in 0..255 (see :func:`to_fl
 >>> for x, y in iterate_batches(ds.x_train, ds.y_train, 128, shuffle=True): ...
 """
 
-from . import builtin  # noqa: F401  (registers digits, cifar10, cifar100, svhn, tinyimagenet)
+from . import builtin, mnist  # noqa: F401  (register digits, cifar10, cifar100, svhn, tinyimagenet, mnist, fashion_mnist)
 from .core import Dataset, iterate_batches, random_crop_flip, to_float
 from .registry import DATASETS, DatasetUnavailable, channel_stats, list_datasets, load_dataset, register_dataset
 

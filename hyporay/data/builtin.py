@@ -14,14 +14,10 @@ import torch
 from torch import Tensor
 
 from .core import Dataset
-from .registry import DatasetUnavailable, channel_stats, register_dataset
+from .registry import DatasetUnavailable, channel_stats, one_line, register_dataset
 
 _FETCH_HINT = "pass download=True / --set data.download=true to fetch it, or point data.root at a copy"
 
-
-def _one_line(err: BaseException, limit: int = 200) -> str:
-    text = " ".join(f"{type(err).__name__}: {err}".split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @register_dataset("digits")
@@ -61,9 +57,9 @@ def _torchvision_loader(
                 parts += to_xy(getattr(tvd, cls_name)(str(path), download=download, **kw))
             except Exception as err:  # torchvision: RuntimeError (missing / md5), network or unpickling errors
                 if download:
-                    msg = f"not found under {path} and the download failed ({_one_line(err)}); point data.root at a copy"
+                    msg = f"not found under {path} and the download failed ({one_line(err)}); point data.root at a copy"
                 elif (path / marker).exists():
-                    msg = f"files under {path} could not be read ({_one_line(err)}); re-fetch them (download=True) or point data.root at a good copy"
+                    msg = f"files under {path} could not be read ({one_line(err)}); re-fetch them (download=True) or point data.root at a good copy"
                 else:
                     msg = f"not found under {path} ({_FETCH_HINT})"
                 raise DatasetUnavailable(f"dataset {name}: {msg}") from None
@@ -176,6 +172,6 @@ def tinyimagenet(root: str | Path = "data") -> Dataset:
     except KeyError as err:
         raise DatasetUnavailable(f"dataset tinyimagenet: val wnid {err} under {base} is not a train class folder") from None
     except (OSError, ValueError, IndexError) as err:
-        raise DatasetUnavailable(f"dataset tinyimagenet: data under {base} could not be read ({_one_line(err)})") from None
+        raise DatasetUnavailable(f"dataset tinyimagenet: data under {base} could not be read ({one_line(err)})") from None
     return Dataset("tinyimagenet", tensors["x_train"], tensors["y_train"], tensors["x_test"], tensors["y_test"],
                    len(wnids), tuple(tensors["mean"].tolist()), tuple(tensors["std"].tolist()))

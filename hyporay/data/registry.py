@@ -12,7 +12,8 @@ from torch import Tensor
 
 from .core import Dataset, to_float
 
-__all__ = ["DATASETS", "DatasetUnavailable", "channel_stats", "list_datasets", "load_dataset", "register_dataset"]
+__all__ = ["DATASETS", "DatasetUnavailable", "channel_stats", "list_datasets", "load_dataset", "one_line",
+           "register_dataset"]
 
 LoaderResult = Union[Dataset, tuple]
 #: name -> loader ``fn(**kw) -> Dataset | (x_train, y_train, x_test, y_test, num_classes)``; the loader
@@ -22,6 +23,12 @@ DATASETS: dict[str, Callable[..., LoaderResult]] = {}
 
 class DatasetUnavailable(ValueError):
     """The dataset's files are absent, unreadable or could not be downloaded (one-line message)."""
+
+
+def one_line(err: BaseException, limit: int = 200) -> str:
+    """``Type: message`` of an exception on one line, cut to ``limit`` characters (for DatasetUnavailable)."""
+    text = " ".join(f"{type(err).__name__}: {err}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def register_dataset(name: str, fn: Callable[..., LoaderResult] | None = None):

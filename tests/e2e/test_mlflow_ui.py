@@ -48,11 +48,12 @@ def sweep(chromium_exe, small_sweep):
     links = dict(re.findall(r"^(runs table|trade-off chart|frontier.png):\s+(\S+)$", out, re.M))
     assert set(links) == {"runs table", "trade-off chart", "frontier.png"}, f"links missing:\n{out[-2000:]}"
 
-    from hyporay.engine import tracking
+    from hyporay import tracking
+    from hyporay.tracking.runs import child_runs
 
     uri = tracking.default_tracking_uri(work)
     exp_id = re.search(r"^experiment:\s+.*\(id (\S+)\)$", out, re.M).group(1)
-    runs = tracking.child_runs(tracking.client(uri), exp_id)
+    runs = child_runs(tracking.client(uri), exp_id)
     assert len(runs) == 3, [r.info.run_name for r in runs]  # natural λ=0 (shared by both curves), TRADES, THRM
     return {"dir": work, "links": links, "runs": runs}
 

@@ -116,7 +116,8 @@ def test_reproduction_grid_parts_and_paper_exceptions():
     """The grid tags each trial with the parts it serves when it plans it; the engine merges the tags of
     identical trials and plans λ = 0 once, as natural training feeding both curves."""
     from hyporay.config import load_config
-    from hyporay.engine.definition import CURVES_TAG, PARTS_TAG, Planned, canonical, dedupe
+    from hyporay.engine.definition import Planned, canonical, dedupe
+    from hyporay.tracking.tags import CURVES_TAG, PARTS_TAG
     from hyporay.paper.grid import grid
 
     base = {"data": {"name": "digits"}, "model": {"name": "mlp"}, "train": {"epochs": 3}}

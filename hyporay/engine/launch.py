@@ -1,0 +1,67 @@
+"""A sweep or search script's command line to a run: the parser of its definition, the plan that runs it (a grid for
+a ``SweepDefinition``, an Optuna study for a ``SearchDefinition``), handed to the ``Driver``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from hyporay.cliutil import run_user_command
+from hyporay.cluster.resources import bind_loopback_if_local, shutdown_ray
+from hyporay.engine import flags
+from hyporay.engine.definition import SweepDefinition
+from hyporay.engine.definition import configs_dir as default_configs_dir
+from hyporay.engine.optuna.definition import SearchDefinition
+
+
+def build_parser(defn: SweepDefinition | SearchDefinition):
+    p = flags.parser(f"sweeps/{defn.name}.py", defn.description)
+    if isinstance(defn, SearchDefinition):
+        from hyporay.engine.optuna.space import add_search_flags
+
+        add_search_flags(p, defn)
+    else:
+        flags.add_sweep_flags(p, defn.axes)
+        if defn.options is not None:
+            defn.options(p)
+    return p
+
+
+def plan_class(defn: SweepDefinition | SearchDefinition):
+    """The plan that runs ``defn``: ``StudyPlan`` (Optuna proposes, its pruner stops) or ``GridPlan``."""
+    if isinstance(defn, SearchDefinition):
+        from hyporay.engine.optuna.plan import StudyPlan
+
+        return StudyPlan
+    from hyporay.engine.grid import GridPlan
+
+    return GridPlan
+
+
+def driver(defn: SweepDefinition | SearchDefinition, args, configs_dir: Path | None = None):
+    from hyporay.engine.driver import Driver
+
+    return Driver(defn, args, configs_dir or default_configs_dir(), plan_class(defn))
+
+
+def main(defn: SweepDefinition | SearchDefinition, argv: list[str] | None = None,
+         configs_dir: Path | None = None) -> int:
+    """A sweep or search script's entry point: exit status 0 done, 1 some trial failed, 2 user error (one line),
+    130 interrupted (``--resume`` continues)."""
+    try:
+        return run_command(defn, argv, configs_dir)
+    finally:
+        shutdown_ray()
+
+
+def run_command(defn: SweepDefinition | SearchDefinition, argv: list[str] | None = None,
+                configs_dir: Path | None = None) -> int:
+    """``main`` without shutting Ray down afterwards (a bench running several studies on one Ray)."""
+    args = build_parser(defn).parse_args(argv)
+    bind_loopback_if_local(args.address)  # before anything imports ray
+    return run_user_command(lambda: driver(defn, args, configs_dir).run(), defn.name)
+
+
+def plan(defn: SweepDefinition | SearchDefinition, argv: list[str], configs_dir: Path | None = None):
+    """The plan a command line makes (what ``--dry-run`` lists), without starting anything: for tests and tools
+    (e.g. that a committed report still matches the trials the code would run)."""
+    args = build_parser(defn).parse_args([*argv, "--dry-run"])
+    return driver(defn, args, configs_dir).prepare(quiet=True)
