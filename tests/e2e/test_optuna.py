@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from helpers import patience
 
 ROOT = Path(__file__).resolve().parents[2]
 BUDGET = ROOT / "sweeps" / "defender_budget.py"
@@ -34,9 +35,9 @@ def _env():
     return dict(env, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")  # loopback binding is the search's own job
 
 
-def _run(script: Path, *args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+def _run(script: Path, *args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=_env(), capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=patience(timeout))  # seconds on an idle machine
 
 
 def _study(cwd: Path, name: str):
