@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import loss_forward_inputs
 from hyporay.attacks import AttackSpec
 from hyporay.models import build_model
 from hyporay.trainers import LOSSES, LossContext, OptimConfig, Trainer, kl_batchmean
@@ -43,17 +44,7 @@ INNER = {"pgd_at": "adversarial", "trades": "stability", "thrm": "hypocritical"}
 def _loss_inputs(model, loss, x, y, ctx):
     """Run ``LOSSES[loss]`` and capture the perturbed batch its loss forward saw (not the attack's forwards:
     those have an input that requires grad). Returns (loss value, x')."""
-    seen = []
-
-    def hook(mod, inp):
-        if torch.is_grad_enabled() and not inp[0].requires_grad:
-            seen.append(inp[0].detach().clone())
-
-    handle = model.register_forward_pre_hook(hook)
-    try:
-        value, _ = LOSSES[loss](model, x, y, ctx)
-    finally:
-        handle.remove()
+    (value, _), seen = loss_forward_inputs(model, LOSSES[loss], x, y, ctx)
     if ctx.concat_forward and loss != "pgd_at":
         return value, seen[-1][len(x):]  # one forward on cat(x, x')
     return value, seen[-1]
@@ -217,7 +208,8 @@ def test_state_dict_round_trip_resumes_bit_identically(digits):
 
 
 def test_unknown_trainer_lists_known(digits):
-    with pytest.raises(ValueError, match="^trainer: unknown 'madry'; known: natural, pgd_at, thrm, trades$"):
+    known = "fat, gairat, natural, pgd_at, randnoise, thrm, trades"
+    with pytest.raises(ValueError, match=f"^trainer: unknown 'madry'; known: {known}$"):
         Trainer(_model(digits), loss="madry", attack=ATTACK)
 
 

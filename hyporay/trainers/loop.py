@@ -149,9 +149,10 @@ class Trainer:
 
     Args:
         model: maps N x C x H x W inputs in [0,1] to N x K logits.
-        loss: a key of ``LOSSES`` (natural, pgd_at, trades, thrm).
+        loss: a key of ``LOSSES`` (natural, pgd_at, trades, thrm, randnoise, fat, gairat).
         attack: the training attack (threat model, K steps, step size, start).
         lam: λ of TRADES / THRM.
+        loss_options: further ``LossContext`` fields of a loss (GAIRAT's ``gair_lambda``, ``gair_begin``).
         batch_size, augment: examples per step; RandomCrop(H, 4) + horizontal flip per example.
         amp: autocast; ``amp_dtype`` "auto" (bfloat16 where native, else float16 + GradScaler),
             "bfloat16" or "float16".
@@ -172,7 +173,7 @@ class Trainer:
                  amp: bool = False, amp_dtype: str | torch.dtype = "auto", channels_last: bool = False,
                  compile: bool | str | Callable = False, drop_last: bool | None = None,
                  concat_forward: bool = True, device: str | torch.device = "cpu", seed: int = 0,
-                 epochs: int | None = None) -> None:
+                 epochs: int | None = None, loss_options: dict | None = None) -> None:
         if loss not in LOSSES:
             raise ValueError(f"trainer: unknown {loss!r}; known: {', '.join(sorted(LOSSES))}")
         self.device = torch.device(device)
@@ -202,7 +203,7 @@ class Trainer:
         self.aug_gen = torch.Generator(device=self.device).manual_seed(seed + 1)
         self.attack_gen = torch.Generator(device=self.device).manual_seed(seed + 2)
         self.ctx = LossContext(attack=attack, lam=lam, concat_forward=concat_forward,
-                               generator=self.attack_gen)
+                               generator=self.attack_gen, epochs=epochs, **(loss_options or {}))
         self.epoch = 0
         self.passes = 0  # image-passes (forward + backward, attacks included) of every epoch so far
         self.seconds = 0.0  # wall-clock seconds of every epoch so far
@@ -285,6 +286,7 @@ class Trainer:
             raise ValueError(f"train: drop_last (static shapes for train.compile) needs at least "
                              f"batch_size={self.batch_size} training examples, got {len(x)}")
         self.model.train()
+        self.ctx.epoch = self.epoch  # FAT's τ schedule, GAIRAT's burn-in
         for m in self.model.modules():  # e.g. the l_inf-dist net's p-norm annealing
             if self.epochs and hasattr(m, "set_progress"):
                 m.set_progress(self.epoch, self.epochs)
