@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from hyporay.cliutil import OneLineParser, run_user_command
+from hyporay.user_errors import OneLineParser, run_user_command
 
 
 def _table(metrics: dict, title: str) -> str:
@@ -116,9 +116,10 @@ def cmd_frontier(args) -> int:
     """Rebuild a sweep's frontier artefacts from its MLflow runs (finished or interrupted sweep)."""
     from mlflow.exceptions import MlflowException
 
+    from hyporay import tracking
     from hyporay.analysis import frontier as F
     from hyporay.analysis.runs import describe_left_out
-    from hyporay.engine import publish, tracking
+    from hyporay.engine import publish
 
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(Path.cwd())
     tracking.check_reachable(uri)
@@ -159,13 +160,14 @@ def cmd_frontier(args) -> int:
 
 
 def _latest_parent(c, experiment_id: str, name: str) -> str:
-    from hyporay.engine import tracking
+    from hyporay import tracking
 
-    found = tracking.retry(c.search_runs, [experiment_id], filter_string=f"tags.`{tracking.ROLE_TAG}` = 'sweep'",
-                           order_by=["attributes.start_time DESC"], max_results=1)
+    found = [r for role in ("sweep", "study") for r in tracking.retry(
+        c.search_runs, [experiment_id], filter_string=f"tags.`{tracking.ROLE_TAG}` = '{role}'",
+        order_by=["attributes.start_time DESC"], max_results=1)]
     if not found:
-        raise tracking.TrackingError(f"experiment: {name!r} has no sweep parent run; give one with --parent")
-    return found[0].info.run_id
+        raise tracking.TrackingError(f"experiment: {name!r} has no sweep or study parent run; give one with --parent")
+    return max(found, key=lambda r: r.info.start_time).info.run_id
 
 
 def cmd_audit(args) -> int:
@@ -191,7 +193,7 @@ def cmd_audit(args) -> int:
     report = audit_checkpoint(state, spec=spec, tolerances=tol, device=args.device, subset=args.subset,
                               surrogate=args.surrogate, transfer=not args.no_transfer,
                               surrogate_epochs=args.surrogate_epochs, surrogate_seed=args.surrogate_seed,
-                              surrogate_model=args.surrogate_model, seed=args.seed,
+                              surrogate_model=args.surrogate_model, seed=args.seed, fresh=args.fresh,
                               log=lambda msg: print(msg, file=sys.stderr, flush=True), **grids)
     report.settings["checkpoint"] = str(args.checkpoint)
     st = report.settings
@@ -258,6 +260,9 @@ def _add_audit_parser(sub, fmt) -> None:
     a.add_argument("--surrogate-seed", type=int, help="seed of the trained surrogate (default: the trial's + 1)")
     a.add_argument("--surrogate-model", help="architecture of the trained surrogate (default: the trial's)")
     a.add_argument("--no-transfer", action="store_true", help="skip the transfer check (verdict 'skipped')")
+    a.add_argument("--fresh", metavar="FILE", help="a fresh test split (.pt with tensors x, y, or .npz) never seen by "
+                   "the model's author: the smuggling_gap check compares it with the declared test split "
+                   "(docs/seeds.md); without it that check is skipped")
     for f in fields(T.Tolerances):
         a.add_argument(f"--tol-{f.name.replace('_', '-')}", dest=f"tol_{f.name}", type=float, default=f.default,
                        metavar="X", help=f.metadata["help"])

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from hyporay import metrics as M
-from hyporay import provenance
+from hyporay import passes, provenance
 from hyporay.config import ConfigError, TrialConfig, load_config
 from hyporay.data import Dataset, iterate_batches, load_dataset
 from hyporay.data.core import place
@@ -303,6 +303,7 @@ def run_trial(config: TrialConfig | dict | str | Path, report: Report | None = N
     if trainer.epoch >= epochs and resumed is not None:
         return resumed["metrics"]
     start = time.perf_counter()
+    eval_total = int((resumed or {}).get("metrics", {}).get(M.EVAL_PASSES) or 0)  # counts on after a resume
     for epoch in range(trainer.epoch + 1 if epochs else 0, epochs + 1):
         stats = trainer.train_epoch(x_train, y_train) if epochs else {}
         if stats and not math.isfinite(stats["train_loss"]):
@@ -312,12 +313,15 @@ def run_trial(config: TrialConfig | dict | str | Path, report: Report | None = N
                 log(_epoch_line(epoch, epochs, stats, None))
             continue
         # the certified bound only for the final model (the one every result is about): bounds cost more than attacks
-        metrics = {EPOCH: float(epoch), **stats,
-                   **evaluate_model(cfg, trainer.model, ds, device, epoch=epoch,
-                                    certify=None if epoch == epochs else "none"),
-                   "elapsed_seconds": time.perf_counter() - start}
-        if epoch == epochs:  # the final evaluation: also the attack-convergence grids, in the last report
-            metrics.update(convergence_metrics(cfg, trainer.model, ds, device, epoch=epoch))
+        with passes.counting() as spent:
+            metrics = {EPOCH: float(epoch), M.TRAIN_PASSES: float(trainer.passes), **stats,
+                       **evaluate_model(cfg, trainer.model, ds, device, epoch=epoch,
+                                        certify=None if epoch == epochs else "none"),
+                       "elapsed_seconds": time.perf_counter() - start}
+            if epoch == epochs:  # the final evaluation: also the attack-convergence grids, in the last report
+                metrics.update(convergence_metrics(cfg, trainer.model, ds, device, epoch=epoch))
+        eval_total += spent.total
+        metrics.update({M.EVAL_PASSES_EPOCH: float(spent.total), M.EVAL_PASSES: float(eval_total)})
         if log:
             log(_epoch_line(epoch, epochs, stats, metrics))
         _checkpoint_and_report(cfg, trainer, ds, metrics, report, checkpoint_dir)

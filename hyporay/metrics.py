@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from hyporay import passes
 from hyporay.attacks import AttackSpec, frozen_eval
+from hyporay.witnesses import until_decided
 
 ACC_CLEAN = "acc_clean"                        # D: clean accuracy
 ACC_ADV = "acc_adv"                            # A: 1 - R_adv(D)
@@ -50,6 +52,12 @@ CERTIFIED_METRICS = (HYPOCRITICAL_RISK_CERTIFIED_UPPER, ADVERSARIAL_RISK_CORRECT
 RISK_METRICS = (NATURAL_RISK, ADVERSARIAL_RISK, ADVERSARIAL_RISK_CORRECT, HYPOCRITICAL_RISK_ALL,
                 HYPOCRITICAL_RISK, STABILITY_RISK, STABILITY_RISK_MISCLASSIFIED)
 ACCURACY_METRICS = (ACC_CLEAN, ACC_ADV, ACC_HYP)
+# Image-passes (hyporay.passes: forward + backward, attacks included) a trial spent: training so far and in the
+# last epoch; evaluation so far and in the last evaluation (the convergence grids included).
+TRAIN_PASSES, TRAIN_PASSES_EPOCH = "train_passes", "train_passes_epoch"
+EVAL_PASSES, EVAL_PASSES_EPOCH = "eval_passes", "eval_passes_epoch"
+PASS_METRICS = (TRAIN_PASSES, TRAIN_PASSES_EPOCH, EVAL_PASSES, EVAL_PASSES_EPOCH)
+
 CORE_METRICS = ACCURACY_METRICS + RISK_METRICS + (N_EXAMPLES, N_MISCLASSIFIED, DEGENERATE)
 HEALTH_METRICS = (DEGENERATE, NONFINITE_LOGITS, PREDICTED_CLASSES)
 
@@ -176,11 +184,13 @@ def meaningful(metrics: dict) -> bool:
 
 @torch.no_grad()
 def _predict(model: nn.Module, x: Tensor) -> Tensor:
+    passes.add(forward=len(x))
     return model(x).argmax(1)
 
 
 @torch.no_grad()
 def _logits(model: nn.Module, x: Tensor) -> Tensor:
+    passes.add(forward=len(x))
     return model(x).float()
 
 
@@ -192,7 +202,18 @@ def evaluate_batch(model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec, *,
     Runs the adversarial and stability attacks on every example and the hypocritical attack (and
     targeted attacks, if asked) on the misclassified ones only: on D+ the hypocritical indicator is 1
     by definition (x itself is a witness), so attacking them would not change any metric.
+
+    Two rules, by ``spec.early_stop``: None (today's) takes each attack's final iterate as the witness; an
+    integer stops each example once it is decided, every visited point a witness (``hyporay.witnesses``:
+    every risk >= today's on the same model and generator, fewer passes).
     """
+    if spec.early_stop is not None:
+        with frozen_eval(model):
+            w = until_decided(model, x, y, spec, _target_labels(targeted, num_classes), generator)
+        return PerExample(y=y.cpu(), clean_pred=w["clean_pred"].cpu(), adv_success=w["adv"].cpu(),
+                          hyp_success=w["hyp"].cpu(), sta_success=w["sta"].cpu(),
+                          targeted={t: v.cpu() for t, v in w["targeted"].items()},
+                          clean_logits=w["clean_logits"].cpu())
     with frozen_eval(model):
         clean_logits = _logits(model, x)
         clean_pred = clean_logits.argmax(1)

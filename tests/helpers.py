@@ -18,6 +18,17 @@ def sweep_env() -> dict:
     return env
 
 
+def machine_slack() -> float:
+    """How many times slower than idle this machine runs now: its 1-minute load average per core, at least 1 and at
+    most 6 (a test's own processes count too: a busy 2-core machine gets more time than an idle 16-core one)."""
+    return min(6.0, max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1)))
+
+
+def patience(seconds: float) -> float:
+    """A timeout of ``seconds`` on an idle machine, sized for this one as it is now (``machine_slack``)."""
+    return seconds * machine_slack()
+
+
 def tiny_model(name: str, ds, seed: int) -> nn.Module:
     """A registry model sized for ``ds``, initialised from ``seed``."""
     from hyporay.models import build_model
@@ -137,3 +148,32 @@ def assert_in_ball_and_box(x_adv, x, eps: float, norm: str) -> None:
     assert (size <= eps + 1e-6).all()
     assert (size > 1e-3).any(), "the attack never moved"
 
+
+
+def loss_forward_inputs(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, ctx):
+    """Run ``loss_fn(model, x, y, ctx)`` and capture the batches its own forwards saw (grad enabled, input not
+    requiring grad: not the inner attack's forwards). Returns ((loss, logits), list of the captured batches)."""
+    seen = []
+
+    def hook(mod, inp):
+        if torch.is_grad_enabled() and not inp[0].requires_grad:
+            seen.append(inp[0].detach().clone())
+
+    handle = model.register_forward_pre_hook(hook)
+    try:
+        out = loss_fn(model, x, y, ctx)
+    finally:
+        handle.remove()
+    return out, seen
+
+
+def load_script(relpath: str):
+    """Import a script of the checkout (e.g. ``tools/gmm_figure2.py``) as a module, to call its ``main``."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

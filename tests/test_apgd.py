@@ -9,7 +9,7 @@ import torch
 from helpers import assert_in_ball_and_box, run_on_a_training_model
 from hyporay.attacks import OBJECTIVES, THREAT_MODELS, AttackSpec, apgd, make_objective, pgd
 from hyporay.attacks.apgd import checkpoints
-from hyporay.attacks.pgd import _start, prepare_attack
+from hyporay.attacks.common import prepare_attack, start_point
 
 NORMS = sorted(THREAT_MODELS)
 EPS = {"linf": 0.1, "l2": 1.0}
@@ -47,7 +47,7 @@ def test_ball_box_modes_grads_and_score_beats_start(bn_cnn, batch, norm, objecti
 
     # the objective's score at the output beats the start (same draws), unless success was gained
     _, kind, sigma = prepare_attack(x, y, objective, score, target, "auto", None)
-    x0 = _start(x, EPS[norm], THREAT_MODELS[norm], kind, sigma, torch.Generator().manual_seed(3))
+    x0 = start_point(x, EPS[norm], THREAT_MODELS[norm], kind, sigma, torch.Generator().manual_seed(3))
     s0, ok0 = _score_and_success(model, objective, score, x0, x, y, target)
     s1, ok1 = _score_and_success(model, objective, score, x_adv, x, y, target)
     assert ((s1 >= s0 - 1e-6) | (ok1 & ~ok0)).all()

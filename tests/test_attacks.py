@@ -413,7 +413,7 @@ def test_attack_spec_reports_its_threat_model():
     assert best.describe() == ("l2 eps=0.2 (51/255) steps=10 step=0.1 restarts=1 start=none best-iterate method=pgd "
                                "score=ce")
     assert spec.as_dict() == {"norm": "linf", "eps": 8 / 255, "steps": 20, "step_size": 2 / 255, "restarts": 2,
-                              "random_start": "auto", "best_iterate": False, "method": "pgd", "score": "ce"}
+                              "random_start": "auto", "best_iterate": False, "method": "pgd", "score": "ce", "early_stop": None}
 
 
 def test_attack_spec_validates_on_construction():

@@ -76,10 +76,12 @@ def verdicts(report) -> dict[str, str]:
     return {r.check: r.verdict for r in report.rows}
 
 
-def test_healthy_model_passes_every_check(natural_mlp, surrogate, test_points):
+def test_healthy_model_passes_every_check(natural_mlp, surrogate, test_points, digits):
     x, y = test_points
     modes = [m.training for m in natural_mlp.modules()]
-    report = run_audit(natural_mlp, x, y, spec=SPEC, surrogate=surrogate, tolerances=Tolerances(), **FAST)
+    fresh = digits.x_test[200:400], digits.y_test[200:400]  # honest: another part of the same test distribution
+    report = run_audit(natural_mlp, x, y, spec=SPEC, surrogate=surrogate, tolerances=Tolerances(), fresh=fresh,
+                       **FAST)
     assert [r.check for r in report.rows] == list(CHECKS)
     assert verdicts(report) == {c: PASS for c in CHECKS}, report.to_text()
     assert report.passed and report.summary_line() == "audit: pass"
@@ -282,7 +284,9 @@ def test_cli_audit_prints_table_writes_json_and_exit_status_follows_verdicts(che
     for check in CHECKS:
         assert check in r.stdout
     assert [c["check"] for c in out["checks"]] == list(CHECKS)
-    assert all(c["verdict"] in ("pass", "flag") for c in out["checks"])  # the transfer check ran
+    # the transfer check ran; the smuggling check needs --fresh
+    assert all(c["verdict"] in ("pass", "flag") for c in out["checks"] if c["check"] != "smuggling_gap")
+    assert [c for c in out["checks"] if c["check"] == "smuggling_gap"][0]["reason"].endswith("(--fresh FILE)")
     assert out["settings"]["surrogate"]["source"] == "trained" and out["settings"]["subset"] == 200
     assert out["n_examples"] == 200 and out["spec"]["eps"] == 0.1 and out["spec"]["steps"] == 5
     assert out["checks"][2]["data"]["acc_adv"] and "| eps0_clean |" in (d / "a.md").read_text()
@@ -292,13 +296,20 @@ def test_cli_audit_prints_table_writes_json_and_exit_status_follows_verdicts(che
     from hyporay.cli import main
 
     capsys.readouterr()
+    from hyporay.data import load_dataset
+
+    ds = load_dataset("digits", seed=0, test_fraction=0.5)  # the trial's data; 50 test images act as a fresh split
+    torch.save({"x": ds.x_test[:50], "y": ds.y_test[:50]}, d / "fresh.pt")
     rc = main(["audit", str(d / "run" / "checkpoint.pt"), *CLI_FAST, "--eps-multiples", "0,1", "--no-transfer",
-               "--json", str(d / "b.json")])
+               "--json", str(d / "b.json"), "--fresh", str(d / "fresh.pt")])
     stdout = capsys.readouterr().out
     assert rc == 1, stdout
     out = json.loads((d / "b.json").read_text())
     checks = {c["check"]: c for c in out["checks"]}
     assert checks["curve/adversarial"]["verdict"] == "flag"
+    smug = checks["smuggling_gap"]
+    assert smug["verdict"] in ("pass", "flag") and smug["data"]["n_fresh"] == 50
+    assert smug["data"]["n_declared"] == len(ds.y_test) and out["settings"]["fresh"].endswith("fresh.pt")
     assert checks["transfer/adversarial"]["verdict"] == "skipped" and "--no-transfer" in checks[
         "transfer/adversarial"]["reason"]
     assert stdout.strip().splitlines()[-1] == f"audit: flag ({out['n_flagged']} check{'s' * (out['n_flagged'] > 1)})"
@@ -309,6 +320,8 @@ def test_cli_audit_prints_table_writes_json_and_exit_status_follows_verdicts(che
     (["audit", "no/such/dir", "--steps-grid", "1,x"], "--steps-grid"),
     (["audit", "{ckpt}", "--tol-curve", "-1"], "--tol-curve"),
     (["audit", "{ckpt}", "--steps-grid", "10,1"], "steps_grid"),
+    (["audit", "{ckpt}", "--fresh", "no/such/fresh.pt", "--no-transfer"], "--fresh: cannot read"),
+    (["audit", "{ckpt}", "--tol-smuggling", "0"], "--tol-smuggling"),
 ])
 def test_cli_audit_user_errors_are_one_line(checkpoint, capsys, args, needle):
     from hyporay.cli import main

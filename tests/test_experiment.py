@@ -8,7 +8,7 @@ import torch
 
 from hyporay import metrics as M
 from hyporay.config import ConfigError, load_config
-from hyporay.experiment import load_checkpoint, model_from_checkpoint, run_trial
+from hyporay.experiment import load_checkpoint, load_trial_data, model_from_checkpoint, run_trial
 
 FAST = {"data": {"name": "digits"}, "model": {"name": "mlp"},
         "train": {"trainer": "thrm", "lam": 2.0, "epochs": 4, "lr": 0.05, "attack": {"eps": 0.1, "steps": 3}},
@@ -29,12 +29,24 @@ def test_run_trial_reports_each_evaluation_with_a_loadable_checkpoint(tmp_path):
         state = load_checkpoint(ckpt_dir)  # weights_only=True inside
         reports.append((metrics, state["trainer"]["epoch"]))
 
-    final = run_trial(_cfg(tmp_path), report)
+    cfg = _cfg(tmp_path)
+    final = run_trial(cfg, report)
     assert [int(m["epoch"]) for m, _ in reports] == [2, 4]
     assert [e for _, e in reports] == [2, 4]
     for name in M.CORE_METRICS:
         assert name in final
     assert final == reports[-1][0]
+    # passes, counted: THRM with a 3-step attack spends per training image and epoch 3 forward + 3 backward
+    # in the attack and 2 + 2 in the step (one forward on cat(x, x')); no training image is dropped
+    first = reports[0][0]
+    n_train = len(load_trial_data(cfg).y_train)
+    assert final[M.TRAIN_PASSES] == 4 * 10 * n_train and first[M.TRAIN_PASSES] == 2 * 10 * n_train
+    assert final[M.TRAIN_PASSES_EPOCH] == first[M.TRAIN_PASSES_EPOCH] == 10 * n_train
+    # the first evaluation (5 steps): the clean forward; the adversarial attack (10) and its prediction (1);
+    # the stability attack (1 + 10) and its prediction; the hypocritical attack on D- (10) and its prediction
+    n, wrong = first[M.N_EXAMPLES], first[M.N_MISCLASSIFIED]
+    assert first[M.EVAL_PASSES_EPOCH] == first[M.EVAL_PASSES] == 24 * n + 11 * wrong
+    assert final[M.EVAL_PASSES] == first[M.EVAL_PASSES] + final[M.EVAL_PASSES_EPOCH]
 
 
 def test_stopped_and_resumed_trial_ends_identical(tmp_path):
@@ -64,7 +76,7 @@ def test_stopped_and_resumed_trial_ends_identical(tmp_path):
     momenta = [(s["momentum_buffer"], t["momentum_buffer"]) for s, t in
                zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values())]
     assert momenta and all(torch.equal(s, t) for s, t in momenta)
-    for k in M.CORE_METRICS:
+    for k in M.CORE_METRICS + M.PASS_METRICS:
         x, y = full[k], resumed[k]
         assert (math.isnan(x) and math.isnan(y)) or x == y, k
 

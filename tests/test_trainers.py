@@ -1,11 +1,14 @@
 """The training loop and the NT / PGD-AT / TRADES / THRM losses."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import loss_forward_inputs
 from hyporay.attacks import AttackSpec
 from hyporay.models import build_model
 from hyporay.trainers import LOSSES, LossContext, OptimConfig, Trainer, kl_batchmean
@@ -41,17 +44,7 @@ INNER = {"pgd_at": "adversarial", "trades": "stability", "thrm": "hypocritical"}
 def _loss_inputs(model, loss, x, y, ctx):
     """Run ``LOSSES[loss]`` and capture the perturbed batch its loss forward saw (not the attack's forwards:
     those have an input that requires grad). Returns (loss value, x')."""
-    seen = []
-
-    def hook(mod, inp):
-        if torch.is_grad_enabled() and not inp[0].requires_grad:
-            seen.append(inp[0].detach().clone())
-
-    handle = model.register_forward_pre_hook(hook)
-    try:
-        value, _ = LOSSES[loss](model, x, y, ctx)
-    finally:
-        handle.remove()
+    (value, _), seen = loss_forward_inputs(model, LOSSES[loss], x, y, ctx)
     if ctx.concat_forward and loss != "pgd_at":
         return value, seen[-1][len(x):]  # one forward on cat(x, x')
     return value, seen[-1]
@@ -215,5 +208,26 @@ def test_state_dict_round_trip_resumes_bit_identically(digits):
 
 
 def test_unknown_trainer_lists_known(digits):
-    with pytest.raises(ValueError, match="^trainer: unknown 'madry'; known: natural, pgd_at, thrm, trades$"):
+    known = "fat, gairat, natural, pgd_at, randnoise, thrm, trades"
+    with pytest.raises(ValueError, match=f"^trainer: unknown 'madry'; known: {known}$"):
         Trainer(_model(digits), loss="madry", attack=ATTACK)
+
+
+@pytest.mark.parametrize("loss", ["pgd_at", "trades", "thrm"])
+def test_training_passes_are_counted_and_the_early_stopped_attack_spends_fewer(digits, loss):
+    """Per training image and epoch: the inner attack's K forward + K backward (TRADES: + the clean forward that
+    fixes p(x)), and the step's forward + backward over what the loss saw (PGD-AT: x'; TRADES/THRM: x and x').
+    FAT's rule (train.attack.early_stop) leaves each example 2 steps after its first success: fewer passes (THRM's
+    correctly classified points, decided at the start, take exactly 2 steps; the last iterate is returned unread)."""
+    x, y = digits.x_train[:256], digits.y_train[:256]
+    n, k = len(y), 6
+    attack = AttackSpec(eps=0.1, steps=k)
+    full = Trainer(_model(digits), loss=loss, attack=attack, lam=1.0, batch_size=128).train_epoch(x, y)
+    per_image = {"pgd_at": 2 * k + 2, "trades": 2 * k + 1 + 4, "thrm": 2 * k + 4}[loss]
+    assert full["train_passes"] == full["train_passes_epoch"] == per_image * n
+    fat = Trainer(_model(digits), loss=loss, attack=dataclasses.replace(attack, early_stop=2), lam=1.0,
+                  batch_size=128)
+    first = fat.train_epoch(x, y)
+    second = fat.train_epoch(x, y)
+    assert second["train_passes"] == fat.passes == first["train_passes_epoch"] + second["train_passes_epoch"]
+    assert second["train_passes_epoch"] < per_image * n

@@ -40,7 +40,7 @@ EQUIVALENT = ROOT / "tests" / "mutants_equivalent.md"
 
 # mutmut's tests: the science modules' own fast unit tests (no Ray, no MLflow, no subprocess); the named
 # mutations below also use tests/test_audit.py (its command-line tests deselected) and tests/test_imports.py
-FAST_TESTS = ["tests/test_attacks.py", "tests/test_metrics.py", "tests/test_trainers.py",
+FAST_TESTS = ["tests/test_attacks.py", "tests/test_early_stop.py", "tests/test_metrics.py", "tests/test_trainers.py",
               "tests/test_apgd.py", "tests/test_degenerate.py",  # APGD and the margin score; metrics' degeneracy
               "tests/test_analysis.py::test_metric_name_helper_round_trip"]  # hyporay.metrics' name helpers
 FAST_DESELECT = "not cli"
@@ -66,6 +66,8 @@ def _m(name, path, old, new, tests, k=None):
 
 OBJ, PGD, THR, LOSS, MET = ("hyporay/attacks/objectives.py", "hyporay/attacks/pgd.py", "hyporay/attacks/threat.py",
                             "hyporay/trainers/losses.py", "hyporay/metrics.py")
+COM, WIT = "hyporay/attacks/common.py", "hyporay/witnesses.py"
+ES, DE = "tests/test_early_stop.py", "tests/test_decided_eval.py"
 AUA, AUM = "hyporay/audit/attack_checks.py", "hyporay/audit/model_checks.py"
 
 NAMED: list[Mutation] = [
@@ -97,20 +99,45 @@ NAMED: list[Mutation] = [
        "x_adv = project(x_adv)", [A]),
     _m("step reversed", PGD, "x_adv = project(threat.step(x_adv, grad, step_size, generator))",
        "x_adv = project(threat.step(x_adv, -grad, step_size, generator))", [A]),
-    _m("restart merge reversed (failure beats success)", PGD, "return (succ_new & ~succ_old) | (",
+    _m("restart merge reversed (failure beats success)", COM, "return (succ_new & ~succ_old) | (",
        "return (~succ_new & succ_old) | (", [A]),
-    _m("restart merge tie-break reversed", PGD, "(score_new > score_old))", "(score_new < score_old))", [A]),
+    _m("restart merge tie-break reversed", COM, "(score_new > score_old))", "(score_new < score_old))", [A]),
     _m("attack not in eval mode", PGD, "    with frozen_eval(model):\n        if objective",
        "    if True:\n        if objective", [A, T]),
-    _m("auto start: adversarial gaussian", PGD, '"adversarial": ("uniform", None)',
+    _m("auto start: adversarial gaussian", COM, '"adversarial": ("uniform", None)',
        '"adversarial": ("gaussian", 0.01)', [A], "auto_random_start"),
-    _m("auto start: hypocritical sigma 0.001", PGD, '"hypocritical": ("gaussian", 0.01)',
+    _m("auto start: hypocritical sigma 0.001", COM, '"hypocritical": ("gaussian", 0.01)',
        '"hypocritical": ("gaussian", 0.001)', [A], "auto_random_start"),
-    _m("auto start: targeted sigma 0.001", PGD, '"targeted": ("gaussian", 0.01)',
+    _m("auto start: targeted sigma 0.001", COM, '"targeted": ("gaussian", 0.01)',
        '"targeted": ("gaussian", 0.001)', [A], "auto_random_start"),
-    _m("auto start: stability sigma 0.01", PGD, '"stability": ("gaussian", 0.001)',
+    _m("auto start: stability sigma 0.01", COM, '"stability": ("gaussian", 0.001)',
        '"stability": ("gaussian", 0.01)', [A], "auto_random_start"),
-    _m("random start ignored", PGD, 'if kind == "none" or eps == 0:', "if True:", [A]),
+    _m("random start ignored", COM, 'if kind == "none" or eps == 0:', "if True:", [A]),
+    # --- early stop (pgd/apgd(early_stop=τ): common.StopRule) ----------------------------------------------------
+    _m("early stop ignores tau", COM, "(first >= 0) & (k - first >= self.tau)", "(first >= 0)", [ES]),
+    _m("early stop counts from the latest success", COM,
+       "first = torch.where(decided & (first < 0), torch.full_like(first, k), first)",
+       "first = torch.where(decided, torch.full_like(first, k), first)", [ES]),
+    _m("early stop: never-broken examples keep the last point", COM,
+       "take = ~self.fb_seen[idx] | better(succ, s, self.fb_succ[idx], self.fb_score[idx])",
+       "take = torch.ones_like(succ)", [ES]),
+    _m("early stop: restarts rerun decided examples", COM,
+       "return (self.todo & (self.tally.first < 0)).nonzero().flatten()", "return self.todo.nonzero().flatten()",
+       [ES]),
+    _m("early stop: restart draws a new start per subset", PGD, "xc, x_adv, yc = x[idx], x_start[idx], y[idx]",
+       "xc, x_adv, yc = x[idx], start_point(x[idx], eps, threat, kind, sigma, generator), y[idx]", [ES]),
+    _m("early stop: backward not counted", PGD, "rule.tally.spend(idx, 0, 1)", "rule.tally.spend(idx, 0, 0)", [ES]),
+    _m("early stop: step skipped", PGD, "x_adv = project(threat.step(x_now.clone(), grad, step_size, generator))",
+       "x_adv = project(x_now.clone())", [ES]),
+    # --- evaluation that stops once decided (hyporay/witnesses.py) ---------------------------------------------
+    _m("decided rule: hypocritical witness reversed", WIT, "hyp[full] |= pred == y[full]",
+       "hyp[full] |= pred != y[full]", [DE]),
+    _m("decided rule: targeted witnesses not awaited", WIT, "            u |= counts[t][rows] & ~tgt[t][rows]\n",
+       "            pass\n", [DE]),
+    _m("decided rule: attacks draw from the running generator", WIT, "states.append(_fork(generator))",
+       "states.append(generator)", [DE]),
+    _m("decided rule: stability against y instead of f(x)", WIT, "sta[full] |= pred != clean_pred[full]",
+       "sta[full] |= pred != y[full]", [DE]),
     # --- threat models: step, projection, random start -------------------------------------------------------
     _m("linf step reversed", THR, "return x_adv.add_(grad.sign_(), alpha=step_size)",
        "return x_adv.add_(grad.sign_(), alpha=-step_size)", [A]),
@@ -149,7 +176,7 @@ NAMED: list[Mutation] = [
     _m("clean side of the KL detached", LOSS, "ctx.lam * kl_batchmean(logits, logits_pert)",
        "ctx.lam * kl_batchmean(logits.detach(), logits_pert)", [T]),
     _m("PGD-AT trained on clean inputs", LOSS, "    logits = model(x_adv)\n", "    logits = model(x)\n", [T]),
-    _m("λ = 0 shortcut taken always", LOSS, "if ctx.lam == 0:", "if True:", [T]),
+    _m("λ = 0 shortcut taken always", LOSS, "if natural_at(ctx.lam):", "if True:", [T]),
     _m("concat forward ignored", LOSS, "    if concat:", "    if True:", [T]),
     # --- metrics: subsets, witnesses, which attack feeds which risk -------------------------------------------
     _m("R_hyp(D-) on D+", MET, "HYPOCRITICAL_RISK: share(pe.hyp_success, wrong)",

@@ -42,6 +42,10 @@ class Objective:
     def prepare(self, clean_logits: Tensor) -> None:
         """Receive the clean logits (eval mode, no grad) before the attack starts."""
 
+    def subset(self, idx: Tensor) -> Objective:
+        """The objective for the examples ``idx`` of the batch (what ``prepare`` saw); self when stateless."""
+        return self
+
     def score(self, logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
         raise NotImplementedError
 
@@ -116,6 +120,11 @@ class Stability(Objective):
 
     def prepare(self, clean_logits):
         self._log_p_clean = F.log_softmax(clean_logits.float(), dim=1)
+
+    def subset(self, idx):
+        part = Stability()
+        part._log_p_clean = self._log_p_clean[idx]
+        return part
 
     def score(self, logits, y, target):
         log_q = F.log_softmax(logits.float(), dim=1)

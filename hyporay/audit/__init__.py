@@ -36,6 +36,9 @@ Checks (names in ``CHECKS``; every figure is measured on the audited examples, n
 - ``apgd_vs_pgd/*``: the other method (APGD when the spec is PGD, PGD when it is APGD; same eps, steps,
   restarts, score) must not find more adversarial examples / conceal more mistakes than the audited attack
   beyond the tolerance: else PGD missed them (report APGD) or APGD is weaker than PGD (broken).
+- ``smuggling_gap``: only with a fresh split (``hyporay audit --fresh FILE``): the declared test split's accuracy
+  minus the fresh split's, flagged when a one-sided z test puts it beyond the noise of drawing the splits
+  (``hyporay.audit.smuggling``; 004's smuggled training sets). Skipped without a fresh split.
 - ``certified_bound/*``: attack lower bound <= certified upper bound, per example: no misclassified point
   certified unconcealable (``hyporay.certify``, method ``certify``) was concealed, and no point certified
   robust was broken, by ANY attack the audit ran at the spec's eps and norm. Skipped (with the reason) for
@@ -61,21 +64,23 @@ from __future__ import annotations
 import importlib
 
 from hyporay.audit.report import (ADV, CHECK_APGD, CHECK_BATCH, CHECK_CERTIFIED, CHECK_CURVE, CHECK_DEGENERATE,
-                                  CHECK_EPS0, CHECK_FGSM, CHECK_GRADIENT, CHECK_RESTARTS, CHECK_STATE, CHECK_STEPS,
-                                  CHECK_THM44, CHECK_THM45, CHECK_TRANSFER, CHECKS, FLAG, HYP, PASS, SKIPPED,
-                                  AuditReport, CheckResult)
+                                  CHECK_EPS0, CHECK_FGSM, CHECK_GRADIENT, CHECK_RESTARTS, CHECK_SMUGGLING, CHECK_STATE,
+                                  CHECK_STEPS, CHECK_THM44, CHECK_THM45, CHECK_TRANSFER, CHECKS, FLAG, HYP, PASS,
+                                  SKIPPED, AuditReport, CheckResult)
 from hyporay.audit.tolerances import (DEFAULT_EPS_MULTIPLES, DEFAULT_RESTARTS_GRID, DEFAULT_STEPS_GRID,
                                       DEFAULT_SUBSET, Tolerances)
 
 # the torch side loads on first use: ``hyporay --help`` and the report's readers need none of it
 _LAZY = {"run_audit": "hyporay.audit.run", "check_settings": "hyporay.audit.run",
+         "check_smuggling": "hyporay.audit.smuggling", "gap_statistic": "hyporay.audit.smuggling",
          "audit_checkpoint": "hyporay.audit.checkpoint", "train_surrogate": "hyporay.audit.checkpoint"}
 
-__all__ = ["run_audit", "check_settings", "audit_checkpoint", "train_surrogate", "AuditReport", "CheckResult",
-           "Tolerances", "CHECKS", "PASS", "FLAG", "SKIPPED", "DEFAULT_EPS_MULTIPLES", "DEFAULT_STEPS_GRID",
-           "DEFAULT_RESTARTS_GRID", "DEFAULT_SUBSET", "ADV", "HYP", "CHECK_APGD", "CHECK_BATCH", "CHECK_CERTIFIED",
-           "CHECK_CURVE", "CHECK_DEGENERATE", "CHECK_EPS0", "CHECK_FGSM", "CHECK_GRADIENT", "CHECK_RESTARTS",
-           "CHECK_STATE", "CHECK_STEPS", "CHECK_THM44", "CHECK_THM45", "CHECK_TRANSFER"]
+__all__ = ["run_audit", "check_settings", "check_smuggling", "gap_statistic", "audit_checkpoint", "train_surrogate",
+           "AuditReport", "CheckResult", "Tolerances", "CHECKS", "PASS", "FLAG", "SKIPPED", "DEFAULT_EPS_MULTIPLES",
+           "DEFAULT_STEPS_GRID", "DEFAULT_RESTARTS_GRID", "DEFAULT_SUBSET", "ADV", "HYP", "CHECK_APGD", "CHECK_BATCH",
+           "CHECK_CERTIFIED", "CHECK_CURVE", "CHECK_DEGENERATE", "CHECK_EPS0", "CHECK_FGSM", "CHECK_GRADIENT",
+           "CHECK_RESTARTS", "CHECK_SMUGGLING", "CHECK_STATE", "CHECK_STEPS", "CHECK_THM44", "CHECK_THM45",
+           "CHECK_TRANSFER"]
 
 
 def __getattr__(name: str):

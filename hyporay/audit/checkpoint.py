@@ -49,7 +49,7 @@ def audit_checkpoint(checkpoint: str | Path | dict, *, spec=None, tolerances=Non
                      subset: int | None = None, surrogate: str | Path | torch.nn.Module | None = None,
                      transfer: bool = True, surrogate_epochs: int = 10, surrogate_seed: int | None = None,
                      surrogate_model: str | None = None, data: Dataset | None = None, seed: int = 0,
-                     log: Callable[[str], None] | None = None, **audit_kwargs):
+                     log: Callable[[str], None] | None = None, fresh=None, **audit_kwargs):
     """Run ``hyporay.audit.run_audit`` on a saved trial and its test split; returns the ``AuditReport``.
 
     Args:
@@ -61,6 +61,8 @@ def audit_checkpoint(checkpoint: str | Path | dict, *, spec=None, tolerances=Non
             ``train_surrogate`` (``surrogate_epochs``, ``surrogate_seed``, ``surrogate_model``).
         transfer: False skips the transfer check (verdict "skipped") and trains no surrogate.
         data: the trial's data set, if the caller has it already (a sweep); else ``load_trial_data``.
+        fresh: a fresh split for the smuggling check: a file (``hyporay.audit.smuggling.load_fresh_split``) or an
+            (x, y) pair; it is compared with the WHOLE test split (the declared one), not the audited subset.
         audit_kwargs: passed to ``run_audit`` (eps_multiples, steps_grid, restarts_grid, n_single, ...).
     """
     check_settings(**audit_kwargs)  # before any work (the surrogate's training)
@@ -77,6 +79,12 @@ def audit_checkpoint(checkpoint: str | Path | dict, *, spec=None, tolerances=Non
     if 0 < subset < n_test:
         idx = torch.randperm(n_test, generator=torch.Generator().manual_seed(seed))[:subset].sort().values
     x, y = to_float(ds.x_test[idx]).to(dev), ds.y_test[idx].to(dev)
+    fresh_xy = None
+    if fresh is not None:
+        from hyporay.audit.smuggling import load_fresh_split
+
+        fx, fy = fresh if isinstance(fresh, tuple) else load_fresh_split(str(fresh), ds.in_shape, ds.num_classes)
+        fresh_xy = (fx.to(dev), fy.to(dev))
 
     sur_info: dict = {"used": False}
     sur_model = None
@@ -105,8 +113,11 @@ def audit_checkpoint(checkpoint: str | Path | dict, *, spec=None, tolerances=Non
         log(f"auditing {len(idx)} of {n_test} test examples: {spec.describe()}")
     report = run_audit(model, x, y, spec=spec, surrogate=sur_model, tolerances=tolerances,
                        batch_size=cfg.eval.batch_size, seed=seed, log=log,
-                       transfer_skip_reason="transfer check switched off (--no-transfer)", **audit_kwargs)
+                       transfer_skip_reason="transfer check switched off (--no-transfer)", fresh=fresh_xy,
+                       declared=(ds.x_test.to(dev), ds.y_test.to(dev)), **audit_kwargs)
     report.settings.update({"trial": cfg.name, "model": cfg.model.name,
                             "trainer": cfg.train.trainer, "lam": cfg.train.lam, "dataset": ds.name,
-                            "test_examples": n_test, "subset": subset, "surrogate": sur_info})
+                            "test_examples": n_test, "subset": subset, "surrogate": sur_info,
+                            "fresh": None if fresh is None else (str(fresh) if not isinstance(fresh, tuple)
+                                                                 else f"given ({len(fresh[1])} examples)")})
     return report

@@ -22,6 +22,7 @@ CHECK_THM44 = "theorem_4_4"
 CHECK_THM45 = "theorem_4_5"
 CHECK_APGD = "apgd_vs_pgd"
 CHECK_CERTIFIED = "certified_bound"
+CHECK_SMUGGLING = "smuggling_gap"
 ADV, HYP = "adversarial", "hypocritical"
 
 #: every row of a report, in order (``<check>/<direction>`` for the checks run in both directions)
@@ -29,7 +30,7 @@ CHECKS = (CHECK_EPS0, CHECK_BATCH, f"{CHECK_CURVE}/{ADV}", f"{CHECK_CURVE}/{HYP}
           f"{CHECK_STEPS}/{HYP}", f"{CHECK_RESTARTS}/{ADV}", f"{CHECK_RESTARTS}/{HYP}", f"{CHECK_FGSM}/{ADV}",
           f"{CHECK_FGSM}/{HYP}", f"{CHECK_TRANSFER}/{ADV}", f"{CHECK_TRANSFER}/{HYP}", CHECK_GRADIENT,
           CHECK_THM44, CHECK_THM45, f"{CHECK_APGD}/{ADV}", f"{CHECK_APGD}/{HYP}", f"{CHECK_CERTIFIED}/{HYP}",
-          f"{CHECK_CERTIFIED}/{ADV}", CHECK_STATE, CHECK_DEGENERATE)
+          f"{CHECK_CERTIFIED}/{ADV}", CHECK_SMUGGLING, CHECK_STATE, CHECK_DEGENERATE)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from hyporay import metrics as M
 from hyporay.attacks import AttackSpec
 from hyporay.audit import attack_checks as A
 from hyporay.audit import model_checks as C
+from hyporay.audit.smuggling import check_smuggling
 from hyporay.audit.auditor import Auditor, model_state
 from hyporay.audit.report import CHECK_RESTARTS, CHECK_STEPS, CHECKS, AuditReport, CheckResult
 from hyporay.audit.tolerances import DEFAULT_EPS_MULTIPLES, DEFAULT_RESTARTS_GRID, DEFAULT_STEPS_GRID, Tolerances
@@ -58,6 +59,9 @@ def run_audit(
     transfer_skip_reason: str | None = None,
     log: Callable[[str], None] | None = None,
     certify: str | Callable | None = "crown-ibp",
+    fresh: tuple[Tensor, Tensor] | None = None,
+    declared: tuple[Tensor, Tensor] | None = None,
+    fresh_skip_reason: str = "no fresh split given (--fresh FILE)",
 ) -> AuditReport:
     """Audit the evaluation of ``model`` under ``spec`` on (x, y); returns every check as a row.
 
@@ -81,6 +85,10 @@ def run_audit(
         certify: the certifier of the ``certified_bound`` check: "ibp", "crown-ibp" (default: CROWN bounds at the
             cost of a few forward passes), "crown" (tighter; slow on conv nets), "none" (skip), or a callable
             ``(model, x, y, eps, norm) -> hyporay.certify.Certificate``.
+        fresh: (x, y) of a fresh split from the test distribution, never seen by the model's author: runs the
+            ``smuggling_gap`` check (declared minus fresh accuracy, one-sided z test at ``tolerances.smuggling``);
+            None skips it (reason ``fresh_skip_reason``). declared: the declared test split it is compared with
+            (default: the audited x, y). Either may be uint8 or float in [0, 1], on the model's device.
 
     Returns:
         ``AuditReport``: rows in ``CHECKS`` order, the hyporay.metrics of ``spec``, settings and tolerances.
@@ -117,11 +125,13 @@ def run_audit(
                     [(int(r), replace(spec, restarts=int(r))) for r in restarts_grid], tol.convergence))
     add(A.check_apgd(a, spec, tol.apgd))
     add(A.check_certified(a, spec, certify, tol.certified))
+    add(check_smuggling(model, declared if declared is not None else (a.x, a.y), fresh, alpha=tol.smuggling,
+                        skip_reason=fresh_skip_reason, batch_size=batch_size))
     add(C.check_state(model, before, model_state(model)))
     settings = {"certify": certify if isinstance(certify, str) or certify is None else "custom",
                 "eps_multiples": list(eps_multiples), "steps_grid": [int(s) for s in steps_grid],
                 "restarts_grid": [int(r) for r in restarts_grid], "batch_size": batch_size, "n_single": n_single,
-                "seed": seed, "transfer": surrogate is not None}
+                "seed": seed, "transfer": surrogate is not None, "fresh": fresh is not None}
     return AuditReport(rows=[rows[c] for c in CHECKS], spec=spec.as_dict(), tolerances=asdict(tol),
                        settings=settings, metrics=metrics, n_examples=len(x), num_classes=k,
                        seconds=time.perf_counter() - start)

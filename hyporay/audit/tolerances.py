@@ -41,6 +41,8 @@ class Tolerances:
                              "more adversarial examples / conceal more mistakes by at most this much")
     certified: float = _tol(0.0, "share of audited points allowed to contradict their certificate (certified "
                                  "unconcealable yet concealed, certified robust yet broken): 0, a soundness check")
+    smuggling: float = _tol(0.01, "one-sided significance level of the smuggling check (needs --fresh): flag a "
+                                  "declared-minus-fresh accuracy gap with p-value below this; in (0, 1)")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -48,3 +50,6 @@ class Tolerances:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
                 flag = f"--tol-{f.name.replace('_', '-')}"
                 raise ValueError(f"tolerances.{f.name} ({flag}): must be a finite number >= 0, got {v!r}")
+        if not 0 < self.smuggling < 1:
+            raise ValueError(f"tolerances.smuggling (--tol-smuggling): must lie strictly between 0 and 1, "
+                             f"got {self.smuggling!r}")

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from hyporay.attacks import AttackSpec
-from hyporay.attacks.pgd import inputs_in_range
+from hyporay import passes
+from hyporay.attacks import AttackSpec, inputs_in_range
 from hyporay.data.core import train_batches
 from hyporay.trainers.losses import LOSSES, LossContext
 
@@ -149,9 +149,10 @@ class Trainer:
 
     Args:
         model: maps N x C x H x W inputs in [0,1] to N x K logits.
-        loss: a key of ``LOSSES`` (natural, pgd_at, trades, thrm).
+        loss: a key of ``LOSSES`` (natural, pgd_at, trades, thrm, randnoise, fat, gairat).
         attack: the training attack (threat model, K steps, step size, start).
         lam: λ of TRADES / THRM.
+        loss_options: further ``LossContext`` fields of a loss (GAIRAT's ``gair_lambda``, ``gair_begin``).
         batch_size, augment: examples per step; RandomCrop(H, 4) + horizontal flip per example.
         amp: autocast; ``amp_dtype`` "auto" (bfloat16 where native, else float16 + GradScaler),
             "bfloat16" or "float16".
@@ -172,7 +173,7 @@ class Trainer:
                  amp: bool = False, amp_dtype: str | torch.dtype = "auto", channels_last: bool = False,
                  compile: bool | str | Callable = False, drop_last: bool | None = None,
                  concat_forward: bool = True, device: str | torch.device = "cpu", seed: int = 0,
-                 epochs: int | None = None) -> None:
+                 epochs: int | None = None, loss_options: dict | None = None) -> None:
         if loss not in LOSSES:
             raise ValueError(f"trainer: unknown {loss!r}; known: {', '.join(sorted(LOSSES))}")
         self.device = torch.device(device)
@@ -202,8 +203,10 @@ class Trainer:
         self.aug_gen = torch.Generator(device=self.device).manual_seed(seed + 1)
         self.attack_gen = torch.Generator(device=self.device).manual_seed(seed + 2)
         self.ctx = LossContext(attack=attack, lam=lam, concat_forward=concat_forward,
-                               generator=self.attack_gen)
+                               generator=self.attack_gen, epochs=epochs, **(loss_options or {}))
         self.epoch = 0
+        self.passes = 0  # image-passes (forward + backward, attacks included) of every epoch so far
+        self.seconds = 0.0  # wall-clock seconds of every epoch so far
         self.drop_last = bool(compile) if drop_last is None else bool(drop_last)
         self.step_model, self.compiled, self.compile_note = self.model, False, None
         if compile:
@@ -275,11 +278,15 @@ class Trainer:
         ``train_acc`` is the accuracy on the inputs the loss was computed on: clean inputs for NT,
         TRADES and THRM, adversarial inputs for PGD-AT. Loss and accuracy are summed on the device and read
         once, at the end of the epoch; ``epoch_seconds`` (wall clock) includes that final synchronisation.
+        ``train_passes_epoch``: image-passes (forward + backward, the inner attacks' included) of this epoch;
+        ``train_passes``: of every epoch so far; ``train_seconds``: wall clock of every epoch so far (both kept in
+        ``state_dict``, so a resumed run counts on).
         """
         if self.drop_last and len(x) < self.batch_size:
             raise ValueError(f"train: drop_last (static shapes for train.compile) needs at least "
                              f"batch_size={self.batch_size} training examples, got {len(x)}")
         self.model.train()
+        self.ctx.epoch = self.epoch  # FAT's τ schedule, GAIRAT's burn-in
         for m in self.model.modules():  # e.g. the l_inf-dist net's p-norm annealing
             if self.epochs and hasattr(m, "set_progress"):
                 m.set_progress(self.epoch, self.epochs)
@@ -289,7 +296,7 @@ class Trainer:
         batches = train_batches(x, y, self.batch_size, generator=self.data_gen, device=self.device,
                                 augment=self.augment, aug_generator=self.aug_gen, drop_last=self.drop_last,
                                 channels_last=self.channels_last)
-        with _cudnn_benchmark(self.device.type == "cuda"), inputs_in_range():
+        with _cudnn_benchmark(self.device.type == "cuda"), inputs_in_range(), passes.counting() as spent:
             for xb, yb in batches:
                 if self.compiled and self._first_compiled_step:
                     loss, logits = self._guarded_step(xb, yb)
@@ -300,9 +307,14 @@ class Trainer:
                 correct += (logits.detach().argmax(1) == yb).sum()
         self.scheduler.step()
         self.epoch += 1
+        self.passes += spent.total
         train_loss, n_correct = float(loss_sum), int(correct)  # the epoch's one synchronisation
+        seconds = time.perf_counter() - t0
+        self.seconds += seconds
         return {"train_loss": train_loss / max(n, 1), "train_acc": n_correct / max(n, 1),
-                "epoch_seconds": time.perf_counter() - t0, "lr": self.optimizer.param_groups[0]["lr"]}
+                "epoch_seconds": seconds, "lr": self.optimizer.param_groups[0]["lr"],
+                "train_passes_epoch": float(spent.total), "train_passes": float(self.passes),
+                "train_seconds": self.seconds}
 
     # --- exact resume -------------------------------------------------------------------------------------
 
@@ -314,7 +326,7 @@ class Trainer:
             rng["cuda"] = device_rng
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "epoch": self.epoch, "rng": rng}
+                "epoch": self.epoch, "passes": self.passes, "seconds": self.seconds, "rng": rng}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore ``state_dict()``; RNG states may come back on any device (``torch.load(map_location=...)``)."""
@@ -324,6 +336,8 @@ class Trainer:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state["epoch"])
+        self.passes = int(state.get("passes", 0))  # 0: a checkpoint from before passes were counted
+        self.seconds = float(state.get("seconds", 0.0))
         rng = state["rng"]
         self.data_gen.set_state(rng["data"].cpu())
         self.aug_gen.set_state(rng["aug"].cpu())
