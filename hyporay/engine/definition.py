@@ -42,7 +42,7 @@ class SweepDefinition:
     # fn(base trial dict, {axis key: values}, seeds, profile) -> [(trial dict, tags)]: replaces the axes' product
     # (sweeps made of several parts, e.g. reproduce.py), or "module:function"
     grid: Callable | str | None = None
-    options: Callable | None = None  # fn(argparse parser): extra command-line options
+    options: Callable | str | None = None  # fn(argparse parser): extra command-line options, or "module:function"
     seeds: dict[str, int] = field(default_factory=dict)  # profile -> default --seeds (over the profile's)
 
 

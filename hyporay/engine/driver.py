@@ -88,7 +88,7 @@ class Driver:
             from hyporay.engine.console import quiet_logs
 
             quiet_logs()
-        plan = self.prepare()
+        plan = self.plan = self.prepare()
         if self.args.dry_run:
             plan.dry_run()
             return 0

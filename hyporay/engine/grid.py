@@ -255,7 +255,7 @@ class GridPlan:
 
         d, defn = self.d, self.defn
         errors = [r for r in results if r.error is not None]
-        df = runs.read(d.tracking_uri, self.exp_id, self.parent_id)
+        df = self.table = runs.read(d.tracking_uri, self.exp_id, self.parent_id)
         counts = df["outcome"].value_counts().to_dict() if not df.empty else {}
         done = counts.get("result", 0) + counts.get("degenerate", 0) + counts.get("diverged", 0)
         unfinished = len(self.planned) - done - len(errors)

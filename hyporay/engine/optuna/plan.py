@@ -343,7 +343,7 @@ class StudyPlan:
         for a in interrupted:
             if a.run_id:
                 close(c, a.run_id, "FAIL", "interrupted", a.epochs)
-        df = read(self.d.tracking_uri, self.exp_id, self.parent_id)
+        df = self.table = read(self.d.tracking_uri, self.exp_id, self.parent_id)
         paths, view = report.publish(self, df, c)
         tracking.retry(c.set_terminated, self.parent_id, "KILLED" if interrupted else "FINISHED")
         report.summary(self, df, paths, view, interrupted=bool(interrupted))
