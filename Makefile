@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test ui venv bench clean mutants
+.PHONY: run test test-stress ui venv bench clean mutants
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The end-to-end tests under load: 3 runs in a row beside one CPU burner per core (tens of minutes; not in CI)
+test-stress: $(STAMP)
+	$(PY) tools/stress.py $(STRESS_ARGS)
 
 # the MLflow UI over ./mlflow.db (what `make run` writes), on 127.0.0.1 only; Ctrl-C stops it
 UI_PORT ?= 5000

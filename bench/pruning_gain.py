@@ -63,12 +63,13 @@ def _noise(workdir: Path, base_args: list[str], params: dict, seeds: list[int], 
     import ray
 
     from hyporay.config import load_config
-    from hyporay.engine import search as O
-    from hyporay.engine.run import plan
+    from hyporay.engine.launch import plan
+    from hyporay.engine.optuna import definition as O
+    from hyporay.engine.optuna.space import trial_config
     from hyporay.experiment import load_trial_data
 
     study = plan(O.BUDGET, base_args, ROOT / "sweeps" / "configs")  # the study's own base trial and objective
-    cfg = O.trial_config(study.base, study.space, params)
+    cfg = trial_config(study.base, study.space, params)
     cfg = load_config(cfg, {"device": "cpu", "threads": 1}).model_dump()
     obj = study.objective
     data = ray.put(load_trial_data(load_config(cfg)))
@@ -104,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from hyporay.cluster.resources import init_ray
-    from hyporay.engine import search as O
-    from hyporay.engine import tracking
-    from hyporay.engine.run import run
+    from hyporay import tracking
+    from hyporay.engine.launch import run_command as run
+    from hyporay.engine.optuna import definition as O
 
     if a.milestones == "auto":
         milestones = sorted({round(a.epochs * 2 / 3), round(a.epochs * 5 / 6)} - {0, a.epochs})
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             init_ray()  # once, and workers warmed up, before any clock starts: every study's wall time is its own
             ray.get([ray.remote(num_cpus=1)(_warm).remote() for _ in range(a.parallel)])
-            tracking.ensure_experiment(tracking.default_tracking_uri(work), "bench-warm-up")  # the MLflow schema
+            tracking.open_store(tracking.default_tracking_uri(work), "bench-warm-up")  # the MLflow schema
             for pruner in pruners:
                 t0 = time.perf_counter()
                 with contextlib.redirect_stdout(log):

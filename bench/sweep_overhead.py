@@ -63,7 +63,7 @@ def main() -> None:
 
     import torch
 
-    from hyporay.engine.run import plan
+    from hyporay.engine.launch import plan
     from hyporay.experiment import run_trial
 
     SWEEP = runpy.run_path(str(ROOT / "sweeps/thrm_lambda.py"))["SWEEP"]

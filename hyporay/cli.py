@@ -116,9 +116,10 @@ def cmd_frontier(args) -> int:
     """Rebuild a sweep's frontier artefacts from its MLflow runs (finished or interrupted sweep)."""
     from mlflow.exceptions import MlflowException
 
+    from hyporay import tracking
     from hyporay.analysis import frontier as F
     from hyporay.analysis.runs import describe_left_out
-    from hyporay.engine import publish, tracking
+    from hyporay.engine import publish
 
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(Path.cwd())
     tracking.check_reachable(uri)
@@ -159,13 +160,14 @@ def cmd_frontier(args) -> int:
 
 
 def _latest_parent(c, experiment_id: str, name: str) -> str:
-    from hyporay.engine import tracking
+    from hyporay import tracking
 
-    found = tracking.retry(c.search_runs, [experiment_id], filter_string=f"tags.`{tracking.ROLE_TAG}` = 'sweep'",
-                           order_by=["attributes.start_time DESC"], max_results=1)
+    found = [r for role in ("sweep", "study") for r in tracking.retry(
+        c.search_runs, [experiment_id], filter_string=f"tags.`{tracking.ROLE_TAG}` = '{role}'",
+        order_by=["attributes.start_time DESC"], max_results=1)]
     if not found:
-        raise tracking.TrackingError(f"experiment: {name!r} has no sweep parent run; give one with --parent")
-    return found[0].info.run_id
+        raise tracking.TrackingError(f"experiment: {name!r} has no sweep or study parent run; give one with --parent")
+    return max(found, key=lambda r: r.info.start_time).info.run_id
 
 
 def cmd_audit(args) -> int:

@@ -29,11 +29,3 @@ def put(d: dict, dotted: str, value: Any) -> None:
     for p in parts[:-1]:
         d = d.setdefault(p, {})
     d[parts[-1]] = value
-
-
-def nest(flat: dict[str, Any]) -> dict:
-    """``{"train.lam": 1}`` -> ``{"train": {"lam": 1}}`` (the inverse of ``flatten``)."""
-    out: dict = {}
-    for k, v in flat.items():
-        put(out, k, v)
-    return out

@@ -11,18 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install too
 
-from hyporay.engine import Axis, SweepDefinition, main  # noqa: E402
-
-SWEEP = SweepDefinition(
-    name="architectures",
-    description=__doc__.splitlines()[0],
-    axes=[
-        Axis("model.name", None, "--models", str, "architectures"),
-        Axis("train.trainer", ["natural", "thrm"], "--trainers", str, "trainers"),
-    ],
-    defaults={"train.lam": 6},
-    label_key="model.name",
-)
+from hyporay.engine import main  # noqa: E402
+from hyporay.sweeps import ARCHITECTURES as SWEEP  # noqa: E402  (the definition: hyporay/sweeps.py)
 
 if __name__ == "__main__":
     sys.exit(main(SWEEP))

@@ -16,16 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install too
 
-from hyporay.engine import Axis, SweepDefinition, main  # noqa: E402
-
-SWEEP = SweepDefinition(
-    name="attack_steps",
-    description=__doc__.splitlines()[0],
-    axes=[Axis("train.trainer", ["natural", "pgd_at", "trades", "thrm"], "--trainers", str, "trainers")],
-    defaults={"train.lam": 6, "eval.steps_grid": [1, 10, 100, 1000], "eval.restarts_grid": [1, 5, 10]},
-    frontier=False,
-    after="hyporay.analysis.reports:convergence_hook",
-)
+from hyporay.engine import main  # noqa: E402
+from hyporay.sweeps import ATTACK_STEPS as SWEEP  # noqa: E402  (the definition: hyporay/sweeps.py)
 
 if __name__ == "__main__":
     sys.exit(main(SWEEP))

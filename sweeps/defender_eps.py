@@ -13,19 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install too
 
-from hyporay.engine import Axis, SweepDefinition, main  # noqa: E402
-
-SWEEP = SweepDefinition(
-    name="defender_eps",
-    description=__doc__.splitlines()[0],
-    axes=[
-        Axis("train.trainer", ["pgd_at", "trades", "thrm"], "--trainers", str, "trainers to compare"),
-        Axis("train.attack.eps", None, "--eps", float, "training eps grid (pixel units, e.g. 0.0314 = 8/255)"),
-    ],
-    # lambda of TRADES/THRM (one value: points are labelled by eps); step eps/4 for every eps (paper: 2/255)
-    defaults={"train.lam": 6, "train.attack.step_size": None},
-    label_key="train.attack.eps",
-)
+from hyporay.engine import main  # noqa: E402
+from hyporay.sweeps import DEFENDER_EPS as SWEEP  # noqa: E402  (the definition: hyporay/sweeps.py)
 
 if __name__ == "__main__":
     sys.exit(main(SWEEP))

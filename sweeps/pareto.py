@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install too
 
 from hyporay.engine import main  # noqa: E402
-from hyporay.engine.search import PARETO  # noqa: E402
+from hyporay.sweeps import PARETO  # noqa: E402  (the definition: hyporay/engine/optuna/definition.py)
 
 if __name__ == "__main__":
     sys.exit(main(PARETO, configs_dir=Path(__file__).resolve().parent / "configs"))

@@ -21,24 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install too
 
-from hyporay.engine import Axis, SweepDefinition, main
-from hyporay.paper.grid import options
-
-SWEEP = SweepDefinition(
-    name="reproduce",
-    description=__doc__.splitlines()[0],
-    axes=[
-        Axis("train.lam", None, "--lambdas", float, "λ grid of Fig. 4 (TRADES and THRM)"),
-        Axis("model.name", None, "--models", str, "architectures of Tables 1-2"),
-        Axis("variant.name", ["naive", "noise", "mislabeling", "poisoning", "quality"], "--variants", str,
-             "training sets of Tables 1-2"),
-    ],
-    frontier=False,   # the report draws Fig. 4 from its own part of the trials
-    grid="hyporay.paper.grid:grid",
-    options=options,
-    seeds={"local": 3},
-    after="hyporay.paper.report:report",
-)
+from hyporay.engine import main  # noqa: E402
+from hyporay.sweeps import REPRODUCE as SWEEP  # noqa: E402  (the definition: hyporay/sweeps.py)
 
 if __name__ == "__main__":
     sys.exit(main(SWEEP))

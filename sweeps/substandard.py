@@ -13,20 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install too
 
-from hyporay.engine import Axis, SweepDefinition, main  # noqa: E402
-
-SWEEP = SweepDefinition(
-    name="substandard",
-    description=__doc__.splitlines()[0],
-    axes=[
-        Axis("variant.name", ["naive", "noise", "mislabeling", "poisoning", "quality"], "--variants", str,
-             "training-set variants"),
-        Axis("model.name", None, "--models", str, "architectures"),
-    ],
-    defaults={"train.trainer": "natural"},
-    frontier=False,
-    after="hyporay.analysis.reports:substandard_hook",
-)
+from hyporay.engine import main  # noqa: E402
+from hyporay.sweeps import SUBSTANDARD as SWEEP  # noqa: E402  (the definition: hyporay/sweeps.py)
 
 if __name__ == "__main__":
     sys.exit(main(SWEEP))

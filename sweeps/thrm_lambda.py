@@ -8,16 +8,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install too
 
-from hyporay.engine import Axis, SweepDefinition, main  # noqa: E402
-
-SWEEP = SweepDefinition(
-    name="thrm_lambda",
-    description=__doc__.splitlines()[0],
-    axes=[
-        Axis("train.trainer", None, "--trainers", str, "trainers to compare"),
-        Axis("train.lam", None, "--lambdas", float, "lambda grid"),
-    ],
-)
+from hyporay.engine import main  # noqa: E402
+from hyporay.sweeps import THRM_LAMBDA as SWEEP  # noqa: E402  (the definition: hyporay/sweeps.py)
 
 if __name__ == "__main__":
     sys.exit(main(SWEEP))

@@ -18,6 +18,17 @@ def sweep_env() -> dict:
     return env
 
 
+def machine_slack() -> float:
+    """How many times slower than idle this machine runs now: its 1-minute load average per core, at least 1 and at
+    most 6 (a test's own processes count too: a busy 2-core machine gets more time than an idle 16-core one)."""
+    return min(6.0, max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1)))
+
+
+def patience(seconds: float) -> float:
+    """A timeout of ``seconds`` on an idle machine, sized for this one as it is now (``machine_slack``)."""
+    return seconds * machine_slack()
+
+
 def tiny_model(name: str, ds, seed: int) -> nn.Module:
     """A registry model sized for ``ds``, initialised from ``seed``."""
     from hyporay.models import build_model

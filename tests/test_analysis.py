@@ -14,6 +14,7 @@ from hyporay.analysis import frontier as F
 from hyporay.analysis import reports, runs
 from hyporay.analysis import tables as R
 from hyporay.analysis.stats import pareto_mask
+from hyporay.tracking.runs import table
 
 X, Y = M.NATURAL_RISK, M.HYPOCRITICAL_RISK
 
@@ -36,13 +37,13 @@ def _frontier_runs():
 
 
 def _table(runs_):
-    return runs.results(runs.table(runs_))[0]
+    return runs.results(table(runs_))[0]
 
 
 # --- the runs table ---------------------------------------------------------------------------------------
 
 def test_runs_table_types_params_and_classifies_outcomes():
-    df = runs.table([
+    df = table([
         _run(params={"train.lam": "5.0", "seed": "2", "train.augment": "True", "train.milestones": "[14, 17]",
                      "model.name": "mlp", "optuna.trial_number": "3"}, metrics={X: 0.1}, run_id="ok",
              tags={"hyporay.parts": "t12,fig3", "hyporay.curves": "trades,thrm"}),
@@ -61,7 +62,7 @@ def test_runs_table_types_params_and_classifies_outcomes():
     assert list(res.run_id) == ["ok"] and left == {"unfinished": 2, "diverged": 1, "degenerate": 1}
     assert runs.describe_left_out(left) == "1 degenerate, 1 diverged, 2 unfinished"
     assert runs.records(res)[0].get(Y) is None   # a run without a metric simply lacks it
-    empty = runs.table([])
+    empty = table([])
     assert empty.empty and runs.results(empty)[1] == {}
 
 
@@ -74,12 +75,12 @@ def test_mean_std_rule():
 def test_commits_and_one_clean_commit():
     sha, other = "a" * 40, "b" * 40
     clean = {"hyporay.git_commit": sha, "hyporay.git_dirty": "false", "hyporay.git_diff_sha256": ""}
-    df = runs.table([_run(tags=clean, run_id="1"), _run(tags=clean, run_id="2")])
+    df = table([_run(tags=clean, run_id="1"), _run(tags=clean, run_id="2")])
     assert runs.one_clean_commit(df) == sha and runs.commits(df) == {f"commit {sha[:12]}": 2}
     dirty = {**clean, "hyporay.git_dirty": "true", "hyporay.git_diff_sha256": "f" * 64}
-    mixed = runs.table([_run(tags=clean), _run(tags=dirty), _run(tags={**clean, "hyporay.git_commit": other})])
+    mixed = table([_run(tags=clean), _run(tags=dirty), _run(tags={**clean, "hyporay.git_commit": other})])
     assert runs.one_clean_commit(mixed) is None and len(runs.commits(mixed)) == 3
-    assert runs.one_clean_commit(runs.table([_run()])) is None  # no provenance recorded: never claimed clean
+    assert runs.one_clean_commit(table([_run()])) is None  # no provenance recorded: never claimed clean
 
 
 # --- frontier -----------------------------------------------------------------------------------------------
@@ -158,7 +159,7 @@ def _read_csv(path):
 
 def test_frontier_artefacts_csv_png_html(tmp_path):
     trial = {"data": {"name": "digits"}, "eval": {"attack": {"eps": 0.1, "steps": 20}}}
-    pts, (csv_path, png, html), caption = reports.frontier(runs.table(_frontier_runs()), tmp_path / "out", "test",
+    pts, (csv_path, png, html), caption = reports.frontier(table(_frontier_runs()), tmp_path / "out", "test",
                                                            trial, "local")
     rows = _read_csv(csv_path)
     assert list(rows[0]) == ["trainer", "lam", "n_seeds", "natural_risk", "natural_risk_std", "hypocritical_risk",
@@ -171,7 +172,7 @@ def test_frontier_artefacts_csv_png_html(tmp_path):
     # a curve whose own front has two points or more gets its line (a staircase by natural risk)
     more = [*_frontier_runs(), _run(params={"train.trainer": "trades", "train.lam": "9", "seed": "0"},
                                     metrics={X: 0.5, Y: 0.1})]
-    _, (_, _, html2), _ = reports.frontier(runs.table(more), tmp_path / "more", "test", trial, "local")
+    _, (_, _, html2), _ = reports.frontier(table(more), tmp_path / "more", "test", trial, "local")
     assert "trades front" in html2.read_text() and "thrm front" not in html2.read_text()
     assert "eval attack linf eps=0.1" in caption and "steps=20" in caption
 
@@ -179,16 +180,16 @@ def test_frontier_artefacts_csv_png_html(tmp_path):
 def test_frontier_caption_counts_what_was_left_out(tmp_path):
     trial = {"data": {"name": "digits"}}
     rs = [*_frontier_runs(), _run("FAILED", tags={"diverged": "true"}), _run(metrics={"degenerate": 1.0})]
-    _, _, caption = reports.frontier(runs.table(rs), tmp_path, "t", trial, "local")
+    _, _, caption = reports.frontier(table(rs), tmp_path, "t", trial, "local")
     assert caption.endswith("left out: 1 degenerate, 1 diverged run(s)")
 
 
 def test_title_lists_data_and_models():
     from hyporay.engine.publish import title
 
-    df = runs.table([_run(params={"data.name": "digits", "model.name": m}) for m in ("mlp", "cnn", "mlp")])
+    df = table([_run(params={"data.name": "digits", "model.name": m}) for m in ("mlp", "cnn", "mlp")])
     assert title("architectures", "local", df) == "architectures · local · digits/cnn,mlp"
-    assert title("x", "paper", runs.table([])) == "x · paper · ?/?"
+    assert title("x", "paper", table([])) == "x · paper · ?/?"
 
 
 # --- tables -----------------------------------------------------------------------------------------------------
@@ -230,7 +231,7 @@ def test_substandard_report_markdown_and_csv(tmp_path):
           for v, d, a, f in (("naive", 0.1, 0.0, 0.9), ("quality", 0.95, 0.4, 1.0))]
     trials = [{"model": {"name": "mlp"}, "data": {"name": "digits"}, "eval": {"attack": {"eps": 0.1}}}]
     said = []
-    md, csv_path = reports.substandard(runs.table(rs), trials, "local", tmp_path, said.append)
+    md, csv_path = reports.substandard(table(rs), trials, "local", tmp_path, said.append)
     lines = md.read_text().splitlines()
     assert lines[0].startswith("Accuracy (%) D / A / F") and "data digits" in lines[0]
     assert "profile local" in lines[0] and "mean over 1 seed(s)" in lines[0] and "train attack" in lines[0]
@@ -324,7 +325,7 @@ def test_convergence_rows_verdict_and_plot(tmp_path):
     png = plots.convergence_png(conv, tmp_path / "c.png", "t")
     assert len(_read_csv(R.write_csv(conv, tmp_path / "c.csv"))) == len(conv) and png.read_bytes()[:4] == b"\x89PNG"
     said = []
-    paths = reports.convergence(runs.table(_conv_runs()), [{"data": {"name": "digits"}, "model": {"name": "mlp"}}],
+    paths = reports.convergence(table(_conv_runs()), [{"data": {"name": "digits"}, "model": {"name": "mlp"}}],
                                 "local", tmp_path / "r", said.append)
     assert [p.name for p in paths] == ["convergence.csv", "convergence.png"] and "NOT converged" in "".join(said)
 
@@ -339,7 +340,7 @@ def test_convergence_verdict_flags_a_stronger_attack_that_helps():
 # --- ``hyporay frontier`` on a small MLflow store -------------------------------------------------------
 
 def _child(c, exp_id, parent_id, trainer, lam, risks, status="FINISHED"):
-    from hyporay.engine import tracking
+    from hyporay import tracking
 
     run = c.create_run(exp_id, run_name=f"{trainer}-{lam}", tags={tracking.PARENT_TAG: parent_id,
                                                                    tracking.ROLE_TAG: "trial"})
@@ -354,11 +355,11 @@ def _child(c, exp_id, parent_id, trainer, lam, risks, status="FINISHED"):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from hyporay.engine import tracking
+    from hyporay import tracking
 
     d = tmp_path_factory.mktemp("mlflow")
     uri = tracking.default_tracking_uri(d)
-    exp_id = tracking.ensure_experiment(uri, "thrm_lambda-local")
+    exp_id = tracking.open_store(uri, "thrm_lambda-local")
     c = tracking.client(uri)
     old = c.create_run(exp_id, run_name="old", tags={tracking.ROLE_TAG: "sweep", tracking.SWEEP_TAG: "thrm_lambda"})
     _child(c, exp_id, old.info.run_id, "trades", 1, (0.9, 0.9))

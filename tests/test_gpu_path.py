@@ -359,7 +359,7 @@ def test_bench_knows_what_the_paper_sweeps_train():
     import yaml
 
     from hyporay.config import VariantConfig
-    from hyporay.engine.run import plan
+    from hyporay.engine.launch import plan
 
     bench = _bench()
     prof = yaml.safe_load((ROOT / "sweeps" / "configs" / "paper.yaml").read_text())

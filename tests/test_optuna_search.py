@@ -9,9 +9,10 @@ from types import SimpleNamespace
 import pytest
 
 from hyporay.config import ConfigError
-from hyporay.engine import optuna_storage as ST
-from hyporay.engine import search as O
-from hyporay.engine import study_report as SR
+from hyporay.engine.optuna import definition as O
+from hyporay.engine.optuna import report as SR
+from hyporay.engine.optuna import space
+from hyporay.engine.optuna import storage as ST
 
 
 @pytest.mark.parametrize("raw, kw, message", [
@@ -26,14 +27,14 @@ from hyporay.engine import study_report as SR
 ])
 def test_bad_ranges_are_one_line_errors(raw, kw, message):
     with pytest.raises(ConfigError, match=message) as e:
-        O.parse_range(raw, "--x-range", **kw)
+        space.parse_range(raw, "--x-range", **kw)
     assert str(e.value).startswith("--x-range: ") and "\n" not in str(e.value)
 
 
 def test_good_ranges():
-    assert O.parse_range("0.01, 0.3", "--eps-range", log=True) == (0.01, 0.3)
-    assert O.parse_range("2,20", "--steps-range", log=False, integer=True, minimum=1) == (2, 20)
-    assert O.parse_range("0.1,0.1", "--eps-range", log=True) == (0.1, 0.1)   # a single value is allowed
+    assert space.parse_range("0.01, 0.3", "--eps-range", log=True) == (0.01, 0.3)
+    assert space.parse_range("2,20", "--steps-range", log=False, integer=True, minimum=1) == (2, 20)
+    assert space.parse_range("0.1,0.1", "--eps-range", log=True) == (0.1, 0.1)   # a single value is allowed
 
 
 def test_objective_penalises_only_above_the_ceiling():
@@ -75,7 +76,7 @@ def test_storage_strings(tmp_path):
     with pytest.raises(ST.StorageError, match="does not exist"):
         ST.open_storage(f"sqlite:///{tmp_path / 'nope' / 'o.db'}")
     assert ST.open_storage(f"sqlite:///{tmp_path / 'o.db'}") is not None
-    assert "***" in ST._redact("postgresql://u:secret@h/db") and "secret" not in ST._redact("postgresql://u:secret@h/db")
+    assert "***" in ST.redact("postgresql://u:secret@h/db") and "secret" not in ST.redact("postgresql://u:secret@h/db")
 
 
 def test_plots_skip_importances_with_one_completed_trial(tmp_path: Path):
@@ -100,7 +101,7 @@ def _searcher(n_trials=3, objective=None, last_epoch=3, pruner=None):
     import optuna
     from optuna.distributions import FloatDistribution
 
-    from hyporay.engine.optuna_tune import OptunaPruningScheduler, OptunaSearcher
+    from hyporay.engine.optuna.tune import OptunaPruningScheduler, OptunaSearcher
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), pruner=pruner)
@@ -169,7 +170,7 @@ def test_a_seeded_sampler_gives_the_same_trials():
         import optuna
         from optuna.distributions import FloatDistribution
 
-        from hyporay.engine.optuna_tune import OptunaSearcher
+        from hyporay.engine.optuna.tune import OptunaSearcher
 
         study = optuna.create_study(sampler=O.make_sampler(O.BUDGET, "tpe", seed, 5, 0))
         s = OptunaSearcher(study, {"eps": FloatDistribution(0.01, 0.3, log=True)},

@@ -36,7 +36,7 @@ def test_config_hash_ignores_placement_and_sees_everything_else():
 
 
 def test_split_seed_trial_follows_the_seed():
-    from hyporay.engine.trainable import data_key
+    from hyporay.engine.trials import data_key
     from hyporay.experiment import load_trial_data
 
     fixed = [load_config({"seed": s}) for s in (0, 1)]

@@ -11,7 +11,7 @@ import json
 import runpy
 from pathlib import Path
 
-from hyporay.engine.run import plan
+from hyporay.engine.launch import plan
 from hyporay.paper.report import PLAN_FILE, compare, plan_record
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -135,3 +135,20 @@ def test_bad_flag_values_are_one_line_errors(runs, script, args, message):
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert r.stderr.startswith(f"{script}: error: ") and message in r.stderr, r.stderr
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_engine_run_from_python_checks_its_options_and_dry_runs(tmp_path, monkeypatch):
+    """``hyporay.engine.run``: a bad option or definition is an exception (one line) before anything starts; a dry
+    run plans, starts nothing and returns an empty runs table."""
+    from hyporay.config import ConfigError
+    from hyporay.engine import run
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="thrm_lambda: unrecognized arguments: --lambdass 1"):
+        run("thrm_lambda", profile="local", lambdass=[1])
+    with pytest.raises(ConfigError, match="definition: unknown 'thrm'; known: architectures, attack_steps"):
+        run("thrm", profile="local")
+    with pytest.raises(ConfigError, match="--lambdas: cannot read 'x' as float"):
+        run("thrm_lambda", profile="local", lambdas="0,x", dry_run=True)
+    df = run("thrm_lambda", profile="local", lambdas=[0, 10], seeds=2, dry_run=True)
+    assert df.empty and df.attrs["status"] == 0 and list(tmp_path.iterdir()) == []

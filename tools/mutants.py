@@ -167,7 +167,7 @@ NAMED: list[Mutation] = [
     _m("clean side of the KL detached", LOSS, "ctx.lam * kl_batchmean(logits, logits_pert)",
        "ctx.lam * kl_batchmean(logits.detach(), logits_pert)", [T]),
     _m("PGD-AT trained on clean inputs", LOSS, "    logits = model(x_adv)\n", "    logits = model(x)\n", [T]),
-    _m("λ = 0 shortcut taken always", LOSS, "if ctx.lam == 0:", "if True:", [T]),
+    _m("λ = 0 shortcut taken always", LOSS, "if natural_at(ctx.lam):", "if True:", [T]),
     _m("concat forward ignored", LOSS, "    if concat:", "    if True:", [T]),
     # --- metrics: subsets, witnesses, which attack feeds which risk -------------------------------------------
     _m("R_hyp(D-) on D+", MET, "HYPOCRITICAL_RISK: share(pe.hyp_success, wrong)",

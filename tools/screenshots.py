@@ -30,7 +30,9 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 from browser import MLFLOW_UI_STORAGE, BrowserError, Chromium, MlflowServer  # noqa: E402
 
 from hyporay import metrics as M  # noqa: E402
-from hyporay.engine import mlflow_ui, tracking  # noqa: E402
+from hyporay import tracking  # noqa: E402
+from hyporay.engine import mlflow_ui  # noqa: E402
+from hyporay.tracking.runs import child_runs  # noqa: E402
 
 
 def newest_parent(c, parent_id: str | None):
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     c = tracking.client(uri)
     parent = newest_parent(c, args.parent)
     exp_id, parent_id = parent.info.experiment_id, parent.info.run_id
-    runs = [r for r in tracking.child_runs(c, exp_id, parent_id)
+    runs = [r for r in child_runs(c, exp_id, parent_id)
             if M.NATURAL_RISK in r.data.metrics and M.HYPOCRITICAL_RISK in r.data.metrics]
     if not runs:
         raise SystemExit(f"screenshots: sweep {parent.info.run_name!r} has no trial run with both risks")

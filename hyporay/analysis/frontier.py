@@ -107,7 +107,7 @@ def front(pts: list[FrontierPoint]) -> list[FrontierPoint]:
     return sorted((p for p in pts if p.front), key=lambda p: (p.natural_risk, p.hypocritical_risk))
 
 
-def _fmt_label(value) -> str:
+def fmt_label(value) -> str:
     return value if isinstance(value, str) else f"{value:g}"
 
 
@@ -116,7 +116,7 @@ def table(pts: list[FrontierPoint], caption: str | None = None) -> str:
     front."""
     key = pts[0].label_key if pts else DEFAULT_LABEL
     name = "lambda" if key == DEFAULT_LABEL else label_column(key)
-    width = max([7, len(name)] + [len(_fmt_label(p.label)) for p in pts])
+    width = max([7, len(name)] + [len(fmt_label(p.label)) for p in pts])
     upper = certified(pts)
     head = (f"{'trainer':<8} {name:>{width}} {'seeds':>5} {'natural_risk':>18} {'hypocritical_risk':>18}"
             + ("  certified <=" if upper else "") + "  pareto")
@@ -124,7 +124,7 @@ def table(pts: list[FrontierPoint], caption: str | None = None) -> str:
     for p in pts:
         mark = "*" if p.pareto else "+" if p.front else ""
         bound = f"  {p.hypocritical_risk_certified_upper:>12.4f}" if upper else ""
-        lines.append(f"{p.trainer:<8} {_fmt_label(p.label):>{width}} {p.n_seeds:>5d} "
+        lines.append(f"{p.trainer:<8} {fmt_label(p.label):>{width}} {p.n_seeds:>5d} "
                      f"{p.natural_risk:>9.4f} ± {p.natural_risk_std:<6.4f}"
                      f" {p.hypocritical_risk:>9.4f} ± {p.hypocritical_risk_std:<6.4f}{bound}  {mark}")
     if pts:

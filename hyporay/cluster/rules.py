@@ -11,8 +11,8 @@ import re
 import shlex
 from typing import Any
 
-from hyporay.cluster.validate import (COMMAND_LISTS, DOC_NETS, PLACEHOLDER, REMOTE_SCHEMES, STORAGE_ENV, Result,
-                                      _short)
+from hyporay.cluster.result import COMMAND_LISTS, DOC_NETS, PLACEHOLDER, REMOTE_SCHEMES, STORAGE_ENV, Result, short
+
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
@@ -56,7 +56,7 @@ def check_nodes(cfg: dict, res: Result, local: bool) -> str:
             continue
         for k, v in resources.items():
             if not _is_int(v):
-                res.problems.append(f"available_node_types.{name}.resources.{k}: {_short(v)} is not an integer "
+                res.problems.append(f"available_node_types.{name}.resources.{k}: {short(v)} is not an integer "
                                     "(node resources are whole units; a trial's share of a GPU is the sweep's "
                                     "--gpu-fraction)")
             elif v < 0:

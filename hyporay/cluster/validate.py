@@ -20,38 +20,19 @@ from __future__ import annotations
 
 import contextlib
 import io
-import ipaddress
 import json
 import logging
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STORAGE_ENV = "HYPORAY_STORAGE_PATH"
-REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "az://", "hdfs://")
-PLACEHOLDER = re.compile(r"CHANGE-?ME", re.IGNORECASE)
-# RFC 5737 documentation networks: addresses that cannot be the user's real machines
-DOC_NETS = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
-COMMAND_LISTS = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
-                 "head_start_ray_commands", "worker_start_ray_commands")
+from hyporay.cluster import rules as R
+from hyporay.cluster.result import Result, short
 
 
 class Unreadable(Exception):
     """The file cannot be read or parsed as YAML (exit status 2)."""
-
-
-@dataclass
-class Result:
-    path: str
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)   # not errors: placeholders left to fill in
-    summary: str = ""
-
-    @property
-    def valid(self) -> bool:
-        return not self.problems
 
 
 def load(path: str | Path) -> Any:
@@ -96,8 +77,6 @@ def check(config: Any, name: str = "cluster.yaml") -> Result:
             if not ray_found:
                 raise
             return default
-
-    from hyporay.cluster import rules as R  # hyporay's rules build on this module's Result
 
     gpu_summary = rule(R.check_nodes, cfg, res, local)
     image_summary = rule(R.check_images, cfg, res)
@@ -191,16 +170,11 @@ def _schema_lines(config: dict) -> tuple[list[str], int]:
             unknown = m.group(1) if m else msg
             msg = f"unknown key {unknown}" + (f"; Ray knows: {', '.join(allowed)}" if allowed else "")
         elif err.validator == "type":
-            msg = f"{_short(err.instance)} is not of type {err.validator_value!r}"
+            msg = f"{short(err.instance)} is not of type {err.validator_value!r}"
         elif err.validator == "required":
             msg = err.message.replace(" is a required property", " is required")
         lines.append(f"{where}: {msg} (Ray's schema)")
     return lines, left_to_us
-
-
-def _short(v: Any, n: int = 60) -> str:
-    s = json.dumps(v, default=str)
-    return s if len(s) <= n else s[:n - 3] + "..."
 
 
 # --- the command -----------------------------------------------------------------------------------------

@@ -13,11 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from hyporay.dotted import flatten, get, put
+from hyporay.tracking.tags import CURVES_TAG, PARTS_TAG
 
 DEFAULT_LABEL = "train.lam"
-PARTS_TAG = "hyporay.parts"     # the parts of the paper a trial was planned for (comma-separated)
-CURVES_TAG = "hyporay.curves"   # the frontier curves a trial feeds (natural λ = 0: every regularised trainer's)
-REGULARISED = ("trades", "thrm")  # λ = 0 of these is natural training, exactly
 
 
 @dataclass
@@ -44,7 +42,7 @@ class SweepDefinition:
     # fn(base trial dict, {axis key: values}, seeds, profile) -> [(trial dict, tags)]: replaces the axes' product
     # (sweeps made of several parts, e.g. reproduce.py), or "module:function"
     grid: Callable | str | None = None
-    options: Callable | None = None  # fn(argparse parser): extra command-line options
+    options: Callable | str | None = None  # fn(argparse parser): extra command-line options, or "module:function"
     seeds: dict[str, int] = field(default_factory=dict)  # profile -> default --seeds (over the profile's)
 
 
@@ -70,10 +68,12 @@ class Planned:
 # --- the grid ----------------------------------------------------------------------------------------------
 
 def canonical(trial: dict, sweep_trainers: list[str] | None = None) -> tuple[dict, dict[str, str]]:
-    """TRADES and THRM at λ = 0 are natural training, exactly (the loss skips the inner attack): such a trial is
+    """A trial that trains naturally by the rule ``hyporay.trainers.losses.natural_at`` (TRADES or THRM at λ = 0) is
     planned as natural training once, tagged as feeding the curve of each regularised trainer of the sweep."""
+    from hyporay.trainers.losses import REGULARISED, natural_at
+
     t = trial.get("train", {})
-    if t.get("trainer") in REGULARISED and float(t.get("lam", 0) or 0) == 0:
+    if t.get("trainer") in REGULARISED and natural_at(float(t.get("lam", 0) or 0)):
         curves = [x for x in (sweep_trainers or [t["trainer"]]) if x in REGULARISED] or [t["trainer"]]
         out = json.loads(json.dumps(trial))
         out["train"]["trainer"] = "natural"

@@ -8,9 +8,9 @@ import secrets
 import time
 from pathlib import Path
 
+from hyporay import tracking
+from hyporay.engine import publish
 from hyporay.engine.definition import (
-    CURVES_TAG,
-    PARTS_TAG,
     Planned,
     canonical,
     dedupe,
@@ -19,58 +19,40 @@ from hyporay.engine.definition import (
     product,
     resolve,
 )
-from hyporay.engine.run import Driver, command_line, find_state, say, write_state
+from hyporay.engine.output import command_line, say
+from hyporay.engine.trials import load_and_check, trial_key, with_plugins
+from hyporay.tracking.tags import CURVES_TAG
+
+# --- the sweep state kept for --resume ----------------------------------------------------------------------
+
+STATE_FILE = "hyporay_sweep.json"
 
 
-def absolute_paths(trial_base: dict, workdir: Path) -> dict:
-    """Ray runs trials in other working directories: data paths and ``imports`` files absolute on the driver."""
-    from hyporay.plugins import is_path
-
-    def absolute(p: str) -> str:
-        q = Path(p).expanduser()
-        return str(q if q.is_absolute() else (workdir / q).resolve())
-
-    data = dict(trial_base.get("data", {}))
-    data["root"] = absolute(data.get("root", "data"))
-    if data.get("cache_dir"):
-        data["cache_dir"] = absolute(data["cache_dir"])
-    out = {**trial_base, "data": data}
-    if isinstance(trial_base.get("imports"), list):
-        out["imports"] = [absolute(i) if isinstance(i, str) and is_path(i) else i for i in trial_base["imports"]]
-    return out
+def state_root(storage: str) -> Path:
+    return Path(storage) if "://" not in storage else Path("hyporay_runs")
 
 
-def with_plugins(trial: dict) -> dict:
-    """A trial's ``imports`` completed with the modules that registered the data set and models it names (a data
-    set registered in the sweep's own script reaches the Ray workers without a flag)."""
-    from hyporay.plugins import needed_for
-
-    need = [m for m in needed_for(trial) if m not in (trial.get("imports") or [])]
-    return {**trial, "imports": [*(trial.get("imports") or []), *need]} if need else trial
+def write_state(storage: str, name: str, state: dict) -> None:
+    path = state_root(storage) / name / STATE_FILE  # remote storage: the driver-side state stays local
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(state, indent=1, default=str))
 
 
-def load_and_check(trials: list[dict]) -> dict:
-    """The trials' data sets (keyed by ``data_key``), each loaded once, after checking every trial against its
-    data: the attack budgets and the model, built once per architecture, options and input shape (a bad option
-    value fails here in one line, not in every Ray worker)."""
-    from hyporay.config import load_config
-    from hyporay.engine.trainable import data_key
-    from hyporay.experiment import check_budget, check_certifiable, load_trial_data, make_model
+def find_state(storage: str, sweep: str, which: str) -> Path:
+    from hyporay.config import ConfigError
 
-    datasets, built = {}, set()
-    for t in trials:
-        k = data_key(t)
-        cfg = load_config(t)
-        if k not in datasets:
-            datasets[k] = load_trial_data(cfg)
-        ds = datasets[k]
-        check_budget(cfg, ds.in_shape)
-        arch = (cfg.model.name, json.dumps(cfg.model.kwargs, sort_keys=True, default=str), ds.in_shape,
-                ds.num_classes, cfg.eval.certify)
-        if arch not in built:
-            check_certifiable(cfg, make_model(cfg, ds), ds)
-            built.add(arch)
-    return datasets
+    root = state_root(storage)
+    if which != "latest":
+        p = root / which / STATE_FILE
+        if not p.is_file():
+            raise ConfigError(f"--resume: no sweep named {which!r} under {root}")
+        return p
+    found = sorted((p for p in root.glob(f"*/{STATE_FILE}") if json.loads(p.read_text()).get("sweep") == sweep),
+                   key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ConfigError(f"--resume: no interrupted {sweep} sweep under {root}")
+    return found[-1]
+
 
 
 def check_definition(defn) -> None:
@@ -91,7 +73,9 @@ def check_definition(defn) -> None:
 
 
 class GridPlan:
-    def __init__(self, driver: Driver):
+    """The plan of a ``SweepDefinition`` (see the module doc); ``driver``: the ``Driver`` that runs it."""
+
+    def __init__(self, driver):
         self.d, self.defn, self.args = driver, driver.defn, driver.args
         self.resumed: dict | None = None
         self.planned: list[Planned] = []
@@ -119,7 +103,7 @@ class GridPlan:
     def build(self) -> None:
         """Every planned trial, validated (one line naming the first bad field), named, deduplicated."""
         from hyporay.config import ConfigError, load_config
-        from hyporay.engine.cli import parse_list
+        from hyporay.engine.flags import parse_list
 
         if self.resumed:
             self.planned = [Planned(p["trial"], p["tags"], p["name"]) for p in self.resumed["plan"]]
@@ -177,7 +161,6 @@ class GridPlan:
     def place(self, resources: dict) -> None:
         """Device and threads from what each trial gets (a resumed sweep keeps its own)."""
         from hyporay.config import load_config
-        from hyporay.engine.trainable import trial_key
 
         if not self.resumed:
             device, threads = ("cuda" if resources.get("gpu") else "cpu"), max(1, int(resources["cpu"]))
@@ -187,23 +170,18 @@ class GridPlan:
         self.keys = [trial_key(p.config) for p in self.planned]
 
     # --- MLflow and Tune --------------------------------------------------------------------------------------
-    def open_store(self) -> None:
-        """The MLflow experiment (and, for a fresh SQLite file, its schema): run while Ray starts."""
-        from hyporay.engine import tracking
-
-        d = self.d
-        self.experiment = (self.resumed or {}).get("experiment") or d.args.experiment or f"{self.defn.name}-{d.profile}"
-        if not self.resumed:
-            self.exp_id = tracking.ensure_experiment(d.tracking_uri, self.experiment)
+    def experiment_ref(self) -> tuple[str, str | None]:
+        """(experiment name, its id when already known: a resumed sweep's)."""
+        r = self.resumed or {}
+        return r.get("experiment") or self.d.experiment_name(), r.get("experiment_id")
 
     def open_tracking(self) -> None:
         from hyporay import provenance
-        from hyporay.engine import tracking
 
         d, defn = self.d, self.defn
         if self.resumed:
             r = self.resumed
-            self.run_dir_name, self.exp_id, self.parent_id = r["name"], r["experiment_id"], r["parent_run_id"]
+            self.run_dir_name, self.parent_id = r["name"], r["parent_run_id"]
             d.tracking_uri = r["tracking_uri"]
             self.command = r.get("command", "")
         else:
@@ -230,10 +208,12 @@ class GridPlan:
         self.meta = d.meta(self.exp_id, self.parent_id, {})
 
     def announce(self) -> None:
-        from hyporay.engine.publish import announce
-
-        announce(self.d, self.defn.name, len(self.planned), self.run_dir_name, self.experiment, self.exp_id,
-                 self.parent_id, self.planned[0].config, self.defn.label_key, resumed=bool(self.resumed))
+        d = self.d
+        info = d.info
+        publish.announce(d, self, self.planned[0].config, self.defn.label_key, [
+            f"{self.defn.name}: {len(self.planned)} trials on {info.nodes} node(s) ({info.cpus:g} CPU, {info.gpus:g} "
+            f"GPU), {d.resources} per trial; Tune storage {d.storage}/{self.run_dir_name}"
+            + (" (resumed)" if self.resumed else "")])
 
     def total(self) -> int:
         return len(self.planned)
@@ -266,12 +246,12 @@ class GridPlan:
 
     # --- after the trials ---------------------------------------------------------------------------------------
     def finish(self, results) -> int:
-        from hyporay.analysis import reports, runs
-        from hyporay.engine import publish, tracking
+        from hyporay.analysis import reports
+        from hyporay.tracking import runs
 
         d, defn = self.d, self.defn
         errors = [r for r in results if r.error is not None]
-        df = runs.read(d.tracking_uri, self.exp_id, self.parent_id)
+        df = self.table = runs.read(d.tracking_uri, self.exp_id, self.parent_id)
         counts = df["outcome"].value_counts().to_dict() if not df.empty else {}
         done = counts.get("result", 0) + counts.get("degenerate", 0) + counts.get("diverged", 0)
         unfinished = len(self.planned) - done - len(errors)
@@ -289,19 +269,11 @@ class GridPlan:
             artefacts += resolve(defn.after)(ctx)
         c = tracking.client(d.tracking_uri)
         view = publish.to_parent(c, d.tracking_uri, self.exp_id, self.parent_id, df, artefacts,
-                                 note=publish.note(title, caption, pts, df), label_key=defn.label_key)
-        tracking.set_tags(c, self.parent_id, {"errored_trials": str(len(errors))})
+                                 note=publish.note(title, caption, pts, df), label_key=defn.label_key,
+                                 tags={"errored_trials": str(len(errors))})
         if not unfinished:  # an interrupted sweep's parent stays RUNNING until --resume completes it
             tracking.retry(c.set_terminated, self.parent_id,
                            "FAILED" if errors and len(errors) == len(self.planned) else "FINISHED")
-        publish.summary(d, df, pts, caption, errors, unfinished, artefacts, self.experiment, self.exp_id,
-                        self.parent_id, view, self.run_dir_name)
+        publish.summary(d, self, df, pts, caption, errors, unfinished, artefacts, view,
+                        publish.resume_command(self.run_dir_name, d.args) if errors or unfinished else None)
         return 130 if unfinished else 1 if errors else 0
-
-
-def parts_tags(*parts: str, curves: list[str] | None = None) -> dict[str, str]:
-    """Tags a grid gives a planned trial: the parts of the paper it serves and the curves it feeds."""
-    tags = {PARTS_TAG: ",".join(parts)} if parts else {}
-    if curves:
-        tags[CURVES_TAG] = ",".join(curves)
-    return tags

@@ -20,7 +20,7 @@ import uuid
 import zlib
 
 from hyporay.analysis.style import TRAINER_COLOURS, colour
-from hyporay.engine.tracking import TrackingError, client, retry
+from hyporay.tracking.store import TrackingError, client, retry
 
 FRONTIER_VIEW_KEY = "hyporay-frontier"
 UI_PORT = 5000

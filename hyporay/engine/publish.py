@@ -1,20 +1,22 @@
-"""Where a sweep's results go and what the user is told: the MLflow links printed when it starts (watch it live)
-and again at the end, artefacts and a description (frontier table, threat model) on the parent run, the closing
-summary, and ``hyporay frontier``'s rebuild of an earlier sweep's artefacts."""
+"""Where a sweep's or a study's results go and what the user is told, one path for both: the announcement when its
+trials start (what runs where, the threat model, recorded on the parent run, and the MLflow links to watch it live),
+artefacts and a description on the parent run (``to_parent``), the closing summary's tail and the resume command,
+and ``hyporay frontier``'s rebuild of an earlier sweep's or study's artefacts."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+from hyporay import tracking
 from hyporay.analysis import frontier as F
 from hyporay.analysis import runs
-from hyporay.engine import mlflow_ui, tracking
+from hyporay.engine import mlflow_ui
+from hyporay.engine.output import resume_command, say
+from hyporay.tracking.runs import read as read_runs
+from hyporay.tracking.tags import THREAT_TAG
 
-THREAT_TAG = "hyporay.threat_model"  # parent run: the train/eval attacks every number of the sweep was measured under
-
-
-def say(msg: str = "") -> None:
-    print(msg, flush=True)
+__all__ = ["announce", "links", "note", "rebuild_for_parent", "resume_command", "summary", "tail", "title",
+           "to_parent", "ui_command"]
 
 
 def ui_command(tracking_uri: str) -> str | None:
@@ -40,23 +42,22 @@ def links(tracking_uri: str, experiment_id: str, parent_id: str) -> list[str]:
     return out
 
 
-def announce(d, sweep: str, n: int, run_dir: str, experiment: str, exp_id: str, parent_id: str, trial: dict,
-             label_key: str, resumed: bool = False) -> None:
-    """The lines a sweep prints when its trials start: what runs where, under which threat model, and the MLflow
-    links to watch it live."""
+def announce(d, plan, trial: dict, label_key: str, lead: list[str], extra_links: tuple[str, ...] = ()) -> None:
+    """The lines a sweep or study prints when its trials start: ``lead`` (what runs where), the threat model (also
+    recorded on the parent run, for ``hyporay frontier``), and the MLflow links to watch it live. ``plan``: its
+    ``experiment``, ``exp_id`` and ``parent_id``."""
     from hyporay.analysis.tables import threat_caption
 
-    info = d.info
     threat = threat_caption(trial)
     c = tracking.client(d.tracking_uri)
-    tracking.set_tags(c, parent_id, {THREAT_TAG: threat})
-    mlflow_ui.write_frontier_view(d.tracking_uri, exp_id, [], parent_id, label_key)
-    say(f"{sweep}: {n} trials on {info.nodes} node(s) ({info.cpus:g} CPU, {info.gpus:g} GPU), {d.resources} per "
-        f"trial; Tune storage {d.storage}/{run_dir}" + (" (resumed)" if resumed else ""))
+    tracking.set_tags(c, plan.parent_id, {THREAT_TAG: threat})
+    mlflow_ui.write_frontier_view(d.tracking_uri, plan.exp_id, [], plan.parent_id, label_key)
+    for line in lead:
+        say(line)
     say(f"threat model: {threat}")
-    say(f"MLflow: {d.tracking_uri}  experiment {experiment!r} (id {exp_id})  parent run {parent_id}")
+    say(f"MLflow: {d.tracking_uri}  experiment {plan.experiment!r} (id {plan.exp_id})  parent run {plan.parent_id}")
     say("watch it live in MLflow (the chart fills in as trials finish):")
-    for line in links(d.tracking_uri, exp_id, parent_id)[:-1]:
+    for line in [*links(d.tracking_uri, plan.exp_id, plan.parent_id)[:-1], *extra_links]:
         say("  " + line)
 
 
@@ -78,7 +79,7 @@ def note(title_text: str, caption: str, pts: list[F.FrontierPoint], df) -> str:
         key = pts[0].label_key
         col = "λ" if key == F.DEFAULT_LABEL else F.label_column(key)
         lines += [f"| trainer | {col} | seeds | natural risk | R_hyp(D-) | Pareto |", "|---|---|---|---|---|---|"]
-        lines += [f"| {p.trainer} | {F._fmt_label(p.label)} | {p.n_seeds} | {p.natural_risk:.4f} ± "
+        lines += [f"| {p.trainer} | {F.fmt_label(p.label)} | {p.n_seeds} | {p.natural_risk:.4f} ± "
                   f"{p.natural_risk_std:.4f} | {p.hypocritical_risk:.4f} ± {p.hypocritical_risk_std:.4f} | "
                   f"{'*' if p.pareto else '+' if p.front else ''} |" for p in pts]
         lines += ["", "`*` Pareto-optimal among all points, `+` on its trainer's own front; frontier.png and "
@@ -90,21 +91,23 @@ def note(title_text: str, caption: str, pts: list[F.FrontierPoint], df) -> str:
 
 
 def to_parent(c, tracking_uri: str, experiment_id: str, parent_id: str, df, artefacts, note: str | None = None,
-              label_key: str = F.DEFAULT_LABEL) -> str | None:
-    """Artefacts and the description on the parent run, and the experiment's trade-off view rewritten with the
-    metrics the runs logged; returns the view's link (None when no run logged the risks)."""
+              label_key: str = F.DEFAULT_LABEL, tags: dict[str, str] | None = None) -> str | None:
+    """THE publisher to a parent run (grid or study): artefacts (a path, or (path, artefact folder)), the
+    description and ``tags``, and the experiment's trade-off view rewritten with the metrics the runs logged
+    (``seed`` is not one); returns the view's link (None when no run logged the risks)."""
     for a in artefacts:
-        tracking.retry(c.log_artifact, parent_id, str(a))
-    if note:
-        tracking.set_tags(c, parent_id, {"mlflow.note.content": note})
+        path, folder = a if isinstance(a, tuple) else (a, None)
+        tracking.retry(c.log_artifact, parent_id, str(path), folder)
+    tracking.set_tags(c, parent_id, {**({"mlflow.note.content": note} if note else {}), **(tags or {})})
     keys = sorted({k for k in df.columns if df[k].dtype.kind == "f"} - {"seed"}) if not df.empty else []
     if "natural_risk" not in keys:
         return None
     return mlflow_ui.write_frontier_view(tracking_uri, experiment_id, keys, parent_id, label_key)
 
 
-def summary(d, df, pts, caption: str, errors, unfinished: int, artefacts, experiment: str, exp_id: str,
-            parent_id: str, view: str | None, run_dir: str) -> None:
+def summary(d, plan, df, pts, caption: str, errors, unfinished: int, artefacts, view: str | None,
+            resume: str | None) -> None:
+    """A grid sweep's closing summary: its frontier, its trials by outcome, then the ``tail``."""
     counts = df["outcome"].value_counts().to_dict() if not df.empty else {}
     say()
     if pts:
@@ -116,29 +119,26 @@ def summary(d, df, pts, caption: str, errors, unfinished: int, artefacts, experi
     if counts.get("diverged") or counts.get("degenerate"):
         say(f"left out of every frontier and table: {counts.get('diverged', 0)} diverged, "
             f"{counts.get('degenerate', 0)} degenerate (constant or non-finite model): their risks are not results")
+    tail(d, plan, artefacts, view, [], ("resume with:", resume) if resume else None)
+
+
+def tail(d, plan, artefacts, view: str | None, extra: list[str], resume: tuple[str, str] | None) -> None:
+    """The closing block of every sweep and study: where its runs are, its artefacts, the MLflow links (the
+    trade-off chart when it was written, frontier.png when it is an artefact), ``extra`` lines, and the command
+    that continues it (``(label, command)``)."""
     say(f"tracking URI:    {d.tracking_uri}")
-    say(f"experiment:      {experiment} (id {exp_id})")
-    say(f"parent run:      {parent_id}")
+    say(f"experiment:      {plan.experiment} (id {plan.exp_id})")
+    say(f"parent run:      {plan.parent_id}")
     for a in artefacts:
-        say(f"artefact:        {a}")
-    for line in links(d.tracking_uri, exp_id, parent_id):
-        if view is not None or not line.startswith("trade-off"):
+        say(f"artefact:        {a[0] if isinstance(a, tuple) else a}")
+    png = any(Path(a[0] if isinstance(a, tuple) else a).name == "frontier.png" for a in artefacts)
+    for line in links(d.tracking_uri, plan.exp_id, plan.parent_id):
+        if (view is not None or not line.startswith("trade-off")) and (png or not line.startswith("frontier.png")):
             say(line)
-    if errors or unfinished:
-        say(f"resume with:     {resume_command(run_dir, d.args)}")
-
-
-def resume_command(name: str, args) -> str:
-    """``python <the script that ran> --resume NAME`` (+ the storage and tracking flags it was given): runs as
-    printed from the directory the sweep was started in, whichever script started it."""
-
-    extra = []
-    for flag, value in (("--storage-path", args.storage_path), ("--tracking-uri", args.tracking_uri)):
-        if value:
-            extra += [flag, value]
-    from hyporay.engine.run import command_line
-
-    return command_line(["--resume", name, *extra])
+    for line in extra:
+        say(line)
+    if resume:
+        say(f"{resume[0]:<17}{resume[1]}")
 
 
 def rebuild_for_parent(tracking_uri: str, experiment_id: str, parent_id: str, out_dir: str | Path,
@@ -152,7 +152,7 @@ def rebuild_for_parent(tracking_uri: str, experiment_id: str, parent_id: str, ou
     parent = tracking.retry(c.get_run, parent_id)
     tags = parent.data.tags
     label_key = label_key or tags.get(tracking.FRONTIER_LABEL_TAG) or F.DEFAULT_LABEL
-    df = runs.read(tracking_uri, experiment_id, parent_id)
+    df = read_runs(tracking_uri, experiment_id, parent_id)
     res, left = runs.results(df)
     pts = F.points(res, label_key)
     left_text = runs.describe_left_out(left)

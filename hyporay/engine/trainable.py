@@ -8,8 +8,6 @@ of metrics per evaluation, and nothing at all for a run that is already a result
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -17,20 +15,9 @@ from pathlib import Path
 
 from hyporay import provenance
 from hyporay.dotted import flatten
-from hyporay.engine import mlflow_ui, tracking
-
-
-def trial_key(trial: dict) -> str:
-    """Deterministic identity of a grid trial (its full config): finds its MLflow child run again."""
-    return hashlib.sha256(json.dumps(trial, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def data_key(trial: dict) -> str:
-    """Trials with equal keys train and test on the same tensors (``split_seed: trial`` resolved to the seed)."""
-    data = dict(trial.get("data", {}))
-    if data.get("split_seed") == "trial":
-        data["split_seed"] = trial.get("seed", 0)
-    return json.dumps(data, sort_keys=True)
+from hyporay import tracking
+from hyporay.engine import mlflow_ui
+from hyporay.engine.trials import data_key
 
 
 def trial_tags(trial: dict) -> dict[str, str]:
@@ -90,7 +77,7 @@ def tune_trainable(config: dict, datasets: dict | None = None) -> None:
     def report(metrics: dict, checkpoint_dir: str) -> None:
         epoch = int(metrics.get("epoch", 0))
         if objective is not None:
-            from hyporay.engine.search import Objective, objective_values
+            from hyporay.engine.optuna.definition import Objective, objective_values
 
             values = objective_values(metrics, Objective(**objective))
             if values is not None:

@@ -34,7 +34,7 @@ def grid(base: dict, values: dict, seeds: list[int], profile: str) -> list[tuple
     """(trial, tags) of all parts (see the module doc). Table 3 and Fig. 4 use the profile's trial model; every
     trial is evaluated once, after its last epoch."""
     from hyporay.config import load_config, merge
-    from hyporay.engine.definition import CURVES_TAG, PARTS_TAG
+    from hyporay.tracking.tags import CURVES_TAG, PARTS_TAG
 
     cfg = load_config(base)
     epochs, model3 = cfg.train.epochs, cfg.model.name

@@ -124,9 +124,19 @@ def gairat(model, x, y, ctx):
     return (F.cross_entropy(logits, y, reduction="none") * w).mean(), logits
 
 
+REGULARISED = ("trades", "thrm")  # the trainers whose λ weighs a KL term over natural training
+
+
+def natural_at(lam: float) -> bool:
+    """THE rule "λ = 0 is natural training", decided here only: a ``REGULARISED`` trainer at this λ trains exactly
+    as natural training does (its loss below skips the inner attack, so no random number is drawn for it), and a
+    grid plans such a trial once, as natural training (``hyporay.engine.definition.canonical``)."""
+    return lam == 0
+
+
 def _regularised(objective: str, model, x, y, ctx):
     """CE(p(x), y) + λ·KL(p(x) || p(x')), x' from the inner attack ``objective``."""
-    if ctx.lam == 0:  # λ = 0 is natural training exactly; skip the inner attack
+    if natural_at(ctx.lam):
         return natural(model, x, y, ctx)
     x_pert = ctx.attack.run(model, x, y, objective, generator=ctx.generator)
     logits, logits_pert = _forward_pair(model, x, x_pert, ctx.concat_forward)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import sweep_env
+from helpers import patience, sweep_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP = ROOT / "sweeps" / "thrm_lambda.py"
@@ -28,7 +28,7 @@ def small_sweep():
             [sys.executable, str(SWEEP), "--profile", "local", "--trainers", "trades,thrm", "--lambdas", "0,5",
              "--seeds", "1", "--set", "train.epochs=2", "--set", "eval.every=1",
              "--chaos-exit-after-epoch", "1", "--chaos-dir", str(chaos)],
-            cwd=work, env=sweep_env(), capture_output=True, text=True, timeout=600)
+            cwd=work, env=sweep_env(), capture_output=True, text=True, timeout=patience(600))
         yield {"dir": work, "proc": proc, "chaos": chaos}
     finally:
         shutil.rmtree(work, ignore_errors=True)

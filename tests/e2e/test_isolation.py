@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import listening_sockets, process_tree, sweep_env
+from helpers import listening_sockets, patience, process_tree, sweep_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP = ROOT / "sweeps" / "thrm_lambda.py"
@@ -35,12 +35,12 @@ def test_two_sweeps_at_once_loopback_only_and_a_diverged_trial(tmp_path):
              for extra in ([], ["--set", "train.lr=100"])]
     seen: set[tuple[str, int]] = set()
     try:
-        deadline = time.time() + 400
+        deadline = time.time() + patience(400)
         while any(p.poll() is None for p in procs) and time.time() < deadline:
             pids = set().union(*(process_tree(p.pid) for p in procs if p.poll() is None))
             seen |= {(addr, port) for addr, port, _ in listening_sockets(pids)}
             time.sleep(0.3)
-        outs = [p.communicate(timeout=60)[0] for p in procs]
+        outs = [p.communicate(timeout=patience(60))[0] for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -101,7 +101,7 @@ def test_workers_run_the_drivers_checkout_not_an_installed_hyporay(tmp_path):
     other = tmp_path / "checkout"
     shutil.copytree(ROOT / "hyporay", other / "hyporay", ignore=shutil.ignore_patterns("__pycache__"))
     r = subprocess.run([sys.executable, "-c", _WORKER_CODE, str(other)], cwd=tmp_path, env=sweep_env(),
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=patience(300))
     assert r.returncode == 0, r.stderr[-3000:]
     driver, worker = r.stdout.split()[-2:]
     assert Path(driver).parent == other / "hyporay"

@@ -21,6 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from browser import MLFLOW_UI_STORAGE, Chromium, MlflowServer, chromium_path  # noqa: E402
+from helpers import patience  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -47,11 +48,12 @@ def sweep(chromium_exe, small_sweep):
     links = dict(re.findall(r"^(runs table|trade-off chart|frontier.png):\s+(\S+)$", out, re.M))
     assert set(links) == {"runs table", "trade-off chart", "frontier.png"}, f"links missing:\n{out[-2000:]}"
 
-    from hyporay.engine import tracking
+    from hyporay import tracking
+    from hyporay.tracking.runs import child_runs
 
     uri = tracking.default_tracking_uri(work)
     exp_id = re.search(r"^experiment:\s+.*\(id (\S+)\)$", out, re.M).group(1)
-    runs = tracking.child_runs(tracking.client(uri), exp_id)
+    runs = child_runs(tracking.client(uri), exp_id)
     assert len(runs) == 3, [r.info.run_name for r in runs]  # natural λ=0 (shared by both curves), TRADES, THRM
     return {"dir": work, "links": links, "runs": runs}
 
@@ -82,7 +84,7 @@ def test_runs_link_shows_the_trials_with_the_trade_off_columns(sweep, server, br
               const want = {names!r};
               const links = Array.from(document.querySelectorAll('a')).map(a => a.textContent.trim());
               return want.every(n => links.includes(n)) && links;
-            }})()""", timeout=90, what=f"run names {names} in the runs table")
+            }})()""", timeout=patience(90), what=f"run names {names} in the runs table")
     assert set(names) <= set(shown)
     parent = next(iter({r.data.tags["mlflow.parentRunId"] for r in sweep["runs"]}))
     text = browser.text()
@@ -104,7 +106,7 @@ def test_trade_off_link_shows_the_scatter_one_colour_per_trainer(sweep, server, 
     browser.open(_at(sweep["links"]["trade-off chart"], server), MLFLOW_UI_STORAGE)
     n = len(sweep["runs"])
     browser.wait_for(f"document.querySelectorAll('.js-plotly-plot .scatterlayer path.point').length >= {n}",
-                     timeout=90, what=f"{n} scatter points")
+                     timeout=patience(90), what=f"{n} scatter points")
     cards = browser.evaluate("""Array.from(document.querySelectorAll(
         '[data-testid="experiment-view-compare-runs-card"]')).map(c => (c.querySelector('h4') || {}).textContent)""")
     assert cards == [f"{X} vs. {Y}", "Parallel Coordinates"], f"expected the trade-off charts, got cards {cards}"
@@ -135,7 +137,7 @@ def test_frontier_png_link_opens_the_picture(sweep, server, browser):
     # the artefact viewer renders the PNG (the only large picture on the page: MLflow's logo is small)
     img = browser.wait_for("""(() => { const i = Array.from(document.images)
         .find(i => i.complete && i.naturalWidth > 400); return i && [i.naturalWidth, i.src]; })()""",
-                           timeout=90, what="frontier.png rendered")
+                           timeout=patience(90), what="frontier.png rendered")
     assert img[0] > 400 and ("frontier.png" in img[1] or img[1].startswith("blob:")), img
     text = browser.text()
     assert "Model training" in text and "frontier.png" in text and "GenAI" in text

@@ -26,6 +26,7 @@ import urllib.request  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from helpers import patience  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP = ROOT / "sweeps" / "thrm_lambda.py"
@@ -64,10 +65,13 @@ def mlflow_server(tmp_path_factory):
         [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{d / 'mlflow.db'}",
          "--artifacts-destination", str(d / "mlartifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "2"],
-        cwd=d, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # own group: uvicorn's workers too
+        cwd=d, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # own group: uvicorn's workers too
+        # no GenAI job runner (its consumers triple the start-up on 2 cores), no telemetry
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+             "DO_NOT_TRACK": "true"})
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + patience(120)
         while True:
             try:
                 with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
@@ -144,6 +148,24 @@ def _steps(client, run_id: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, "natural_risk"))
 
 
+def _reported(cluster, name: str, run_id: str) -> bool:
+    """Whether Tune's driver has a result of the trial that logs to MLflow run ``run_id`` (its result.json, staged
+    in the Ray session's directory and synced to the storage only now and then)."""
+    session = Path(cluster.head_node.get_session_dir_path())
+    for f in session.glob(f"artifacts/*/{name}/driver_artifacts/*/result.json"):
+        try:
+            lines = f.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                if json.loads(line).get("mlflow_run_id") == run_id:
+                    return True
+            except ValueError:  # a line being written
+                continue
+    return False
+
+
 def _tune_trial_dir(exp_dir: Path, run_id: str) -> Path:
     """Tune's directory (in the shared storage) of the trial that logged to MLflow run ``run_id``."""
     for f in exp_dir.glob("*/result.json"):
@@ -169,7 +191,7 @@ def test_trials_spread_over_nodes_and_land_once_in_mlflow(cluster, mlflow_server
                         ["--lambdas", "0,5", "--set", "train.epochs=2", "--name", "spread",
                          "--set", f"imports=[{shared / 'user_data.py'}]", "--set", "data.name=test_stripes"],
                         env_extra={"HYPORAY_STORAGE_PATH": str(shared)})
-    out = _finish(proc, timeout=400)
+    out = _finish(proc, timeout=patience(400))
     print(f"sweep took {time.time() - t0:.0f}s")
     assert proc.returncode == 0, out[-4000:]
     assert "3 trials on 3 node(s) (2 CPU, 0 GPU)" in out, out[-4000:]
@@ -211,7 +233,7 @@ def test_worker_node_lost_mid_sweep_trial_resumes_elsewhere(cluster, mlflow_serv
     try:
         # wait until a trial has reported its first epoch (and so has a checkpoint), then remove its node
         victim = victim_node = None
-        deadline = time.time() + 300
+        deadline = time.time() + patience(300)
         while victim is None:
             assert proc.poll() is None, proc.log.read_text()[-4000:]
             assert time.time() < deadline, "no trial reported an epoch in time"
@@ -225,13 +247,19 @@ def test_worker_node_lost_mid_sweep_trial_resumes_elsewhere(cluster, mlflow_serv
                 if parent.info.run_name == "lose-a-node" and node and _steps(client, r.info.run_id):
                     victim, victim_node = r.info.run_id, node
                     break
-        time.sleep(1.0)  # the checkpoint is written right after the epoch's metrics
+        # Tune restores a lost trial from the checkpoint of the last result its driver has received (the worker
+        # persists it before it sends the result): wait for one, else the retry would start from scratch
+        deadline = time.time() + patience(60)
+        while not _reported(c, "lose-a-node", victim):
+            assert proc.poll() is None, proc.log.read_text()[-4000:]
+            assert time.time() < deadline, "Tune's driver never received the trial's first result"
+            time.sleep(0.2)
         steps_before = _steps(client, victim)
         c.remove_node(victim_node)
         removed_at = time.time()
         survivor = next(w for w in workers if w is not victim_node)
         assert steps_before and steps_before[-1] < epochs, f"the trial had already finished: {steps_before}"
-        out = _finish(proc, timeout=400)
+        out = _finish(proc, timeout=patience(400))
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

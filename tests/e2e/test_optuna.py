@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from helpers import patience
 
 ROOT = Path(__file__).resolve().parents[2]
 BUDGET = ROOT / "sweeps" / "defender_budget.py"
@@ -34,9 +35,9 @@ def _env():
     return dict(env, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")  # loopback binding is the search's own job
 
 
-def _run(script: Path, *args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+def _run(script: Path, *args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=_env(), capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=patience(timeout))  # seconds on an idle machine
 
 
 def _study(cwd: Path, name: str):
@@ -117,7 +118,7 @@ def test_pruned_study_matches_mlflow_continues_and_survives_a_dying_worker(tmp_p
     assert failed[0].info.status == "FAILED" and "worker failed" in failed[0].data.tags["fail_reason"]
 
 
-def test_pareto_search_logs_the_pareto_set(tmp_path):
+def test_pareto_search_logs_the_pareto_set(tmp_path, capsys):
     r = _run(PARETO, "--profile", "local", "--n-trials", "4", "--population-size", "4", "--parallel", "2",
              "--set", "train.epochs=2", "--set", "eval.every=2", "--study-name", "pareto-e2e", cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -133,6 +134,19 @@ def test_pareto_search_logs_the_pareto_set(tmp_path):
     rows = Path(c.download_artifacts(pid, "pareto_set.csv", str(tmp_path))).read_text().splitlines()
     assert rows[0].startswith("trial,") and len(rows) - 1 == len(study.best_trials) >= 1
     assert "natural_risk" in rows[0] and "hypocritical_risk" in rows[0]
+    # `hyporay frontier` on the study's parent run (the latest parent of the experiment): the one announcement
+    # recorded its threat model, and every completed trial is a point
+    from hyporay.cli import main as hyporay_main
+    from hyporay.tracking.tags import THREAT_TAG
+
+    threat = c.get_run(pid).data.tags[THREAT_TAG]
+    assert threat.startswith("data digits; eval attack ")
+    capsys.readouterr()
+    assert hyporay_main(["frontier", "--experiment", "pareto-local", "--tracking-uri",
+                         f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(tmp_path / "fr")]) == 0
+    text = capsys.readouterr().out
+    assert f"parent run {pid}" in text and threat in text and "threat model not recorded" not in text
+    assert "from 4 finished run(s)" in text and (tmp_path / "fr" / "frontier.png").is_file()
 
 
 BAD = [  # (extra args, what the one-line error says)

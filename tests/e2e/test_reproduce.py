@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import sweep_env
+from helpers import patience, sweep_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "sweeps" / "reproduce.py"
@@ -25,7 +25,7 @@ def test_reduced_reproduction_writes_every_section_and_a_verdict_per_claim(tmp_p
         [sys.executable, str(SCRIPT), "--profile", "local", "--seeds", "1", "--lambdas", "0,10", "--models", "mlp",
          "--variants", "naive,poisoning,quality", "--set", "train.epochs=1", "--set", "eval.attack.steps=5",
          "--set", "variant.steps=10", "--set", "variant.source_epochs=2", "--bootstrap", "200", "--out", str(out)],
-        cwd=tmp_path, env=sweep_env(), capture_output=True, text=True, timeout=600, check=False)
+        cwd=tmp_path, env=sweep_env(), capture_output=True, text=True, timeout=patience(600), check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     # 3 Tables 1-2 trials + 5 more of Table 3 (Quality NT shared) + Fig. 4: λ=10 twice and λ=0 once (natural, shared)
     assert "trials: 10 finished, 0 diverged, 0 failed, 0 not finished" in r.stdout
@@ -96,7 +96,7 @@ def _rule_verdict(k: int, c: dict, *, n_lambdas: int, fig3: list[dict]) -> str:
 
 def test_paper_profile_dry_run(tmp_path):
     r = subprocess.run([sys.executable, str(SCRIPT), "--profile", "paper", "--dry-run"], cwd=tmp_path,
-                       env=sweep_env(), capture_output=True, text=True, timeout=300, check=False)
+                       env=sweep_env(), capture_output=True, text=True, timeout=patience(300), check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     lines = r.stdout.splitlines()
     assert lines[0].startswith("profile: paper")
@@ -116,7 +116,8 @@ def test_reproduction_grid_parts_and_paper_exceptions():
     """The grid tags each trial with the parts it serves when it plans it; the engine merges the tags of
     identical trials and plans λ = 0 once, as natural training feeding both curves."""
     from hyporay.config import load_config
-    from hyporay.engine.definition import CURVES_TAG, PARTS_TAG, Planned, canonical, dedupe
+    from hyporay.engine.definition import Planned, canonical, dedupe
+    from hyporay.tracking.tags import CURVES_TAG, PARTS_TAG
     from hyporay.paper.grid import grid
 
     base = {"data": {"name": "digits"}, "model": {"name": "mlp"}, "train": {"epochs": 3}}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import sweep_env
+from helpers import patience, sweep_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP = ROOT / "sweeps" / "thrm_lambda.py"
@@ -28,7 +28,7 @@ def _runs(cwd: Path):
 
     c = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
     exp = c.get_experiment_by_name("thrm_lambda-local")
-    runs = c.search_runs([exp.experiment_id])
+    runs = c.search_runs([exp.experiment_id]) if exp is not None else []
     parents = [r for r in runs if r.data.tags.get("hyporay.role") == "sweep"]
     children = [r for r in runs if r.data.tags.get("hyporay.role") == "trial"]
     return c, parents, children
@@ -115,7 +115,8 @@ def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen_finished = 0
     try:
-        deadline = time.time() + 300
+        limit = patience(300)
+        deadline = time.time() + limit
         while time.time() < deadline and proc.poll() is None:  # interrupt once the first trial has finished
             time.sleep(2)
             if (tmp_path / "mlflow.db").exists():
@@ -128,9 +129,9 @@ def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
                     break
         # without a finished trial the interrupt would test nothing: "< 5 finished" holds trivially
         assert proc.poll() is None, "the sweep ended before it could be interrupted:\n" + proc.stdout.read()[-3000:]
-        assert seen_finished >= 1, "no trial finished within 300 s: the interrupt would test nothing"
+        assert seen_finished >= 1, f"no trial finished within {limit:.0f} s: the interrupt would test nothing"
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
+        out, _ = proc.communicate(timeout=patience(120))
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -142,7 +143,7 @@ def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
     assert seen_finished <= len(finished_before) < 5  # some trials finished before the interrupt, some are left
 
     r = subprocess.run([sys.executable, str(SWEEP), "--resume"], cwd=tmp_path, env=_env(), capture_output=True,
-                       text=True, timeout=600)
+                       text=True, timeout=patience(600))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "interrupted" in r.stdout.splitlines()[0]  # the resumed sweep's profile, and why
     c, parents, children = _runs(tmp_path)
@@ -167,7 +168,7 @@ def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
 def test_bad_input_fails_before_anything_starts(tmp_path, args, needle):
     """One line, exit 2, and nothing written: no MLflow store, no Tune directory, no Ray session."""
     r = subprocess.run([sys.executable, str(SWEEP), "--profile", "local", "--lambdas", "0", "--seeds", "1", *args],
-                       cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+                       cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=patience(120))
     assert r.returncode == 2
     assert needle in r.stderr and "Traceback" not in r.stderr
     assert list(tmp_path.iterdir()) == []

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import sweep_env
+from helpers import patience, sweep_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,7 +59,7 @@ def test_a_data_set_registered_in_the_driver_script_reaches_the_workers(tmp_path
     (tmp_path / "my_sweep.py").write_text(DRIVER.replace("{root}", str(ROOT)))
     (tmp_path / "my_profile.yaml").write_text(PROFILE)
     r = subprocess.run([sys.executable, "my_sweep.py", "--profile", "my_profile.yaml"], cwd=tmp_path,
-                       env=sweep_env(), capture_output=True, text=True, timeout=400)
+                       env=sweep_env(), capture_output=True, text=True, timeout=patience(400))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.splitlines()[0] == "profile: my_profile (requested with --profile)"
 

@@ -1,88 +1,25 @@
-"""The driver every sweep and search goes through: inputs checked, profile chosen, the plan built and validated,
-data loaded once, Ray started, MLflow's experiment and parent run opened, one Ray Tune run, the results read once
-into the runs table, artefacts and the closing summary. A grid sweep (``hyporay.engine.grid``) and an Optuna search
-(``hyporay.engine.study``) differ only in who proposes the trials and who may stop one early."""
+"""The driver every sweep and search goes through: inputs checked, profile chosen, the plan it is handed built and
+validated, data loaded once, Ray started, MLflow's experiment and parent run opened, one Ray Tune run, the results
+read once into the runs table, artefacts and the closing summary. A grid sweep (``hyporay.engine.grid``) and an
+Optuna search (``hyporay.engine.optuna.plan``) differ only in who proposes the trials and who may stop one early;
+the driver imports neither (``hyporay.engine.launch`` picks the plan)."""
 from __future__ import annotations
 
-import json
 import os
-import shlex
-import sys
 import time
 from pathlib import Path
 
-from hyporay.cliutil import run_user_command
-from hyporay.cluster.resources import bind_loopback_if_local, shutdown_ray
-from hyporay.engine import cli
-from hyporay.engine.definition import SweepDefinition
-from hyporay.engine.definition import configs_dir as default_configs_dir
-from hyporay.engine.search import SearchDefinition
-
-
-def build_parser(defn: SweepDefinition | SearchDefinition):
-    p = cli.parser(f"sweeps/{defn.name}.py", defn.description)
-    if isinstance(defn, SearchDefinition):
-        from hyporay.engine.search import add_search_flags
-
-        add_search_flags(p, defn)
-    else:
-        cli.add_sweep_flags(p, defn.axes)
-        if defn.options is not None:
-            defn.options(p)
-    return p
-
-
-def main(defn: SweepDefinition | SearchDefinition, argv: list[str] | None = None,
-         configs_dir: Path | None = None) -> int:
-    """A sweep or search script's entry point: exit status 0 done, 1 some trial failed, 2 user error (one line),
-    130 interrupted (``--resume`` continues)."""
-    try:
-        return run(defn, argv, configs_dir)
-    finally:
-        shutdown_ray()
-
-
-def run(defn: SweepDefinition | SearchDefinition, argv: list[str] | None = None,
-        configs_dir: Path | None = None) -> int:
-    """``main`` without shutting Ray down afterwards (a bench running several studies on one Ray)."""
-    args = build_parser(defn).parse_args(argv)
-    bind_loopback_if_local(args.address)  # before anything imports ray
-    return run_user_command(lambda: Driver(defn, args, configs_dir or default_configs_dir()).run(), defn.name)
-
-
-def plan(defn: SweepDefinition | SearchDefinition, argv: list[str], configs_dir: Path | None = None):
-    """The plan a command line makes (what ``--dry-run`` lists), without starting anything: for tests and tools
-    (e.g. that a committed report still matches the trials the code would run)."""
-    args = build_parser(defn).parse_args([*argv, "--dry-run"])
-    return Driver(defn, args, configs_dir or default_configs_dir()).prepare(quiet=True)
-
-
-def say(msg: str = "") -> None:
-    print(msg, flush=True)
-
-
-def interpreter() -> str:
-    """How to call this Python from the current directory: ``.venv/bin/python`` for the project's own environment
-    (a bare ``python`` there may lack hyporay's packages, or not exist), else ``python``."""
-    exe = Path(sys.executable)
-    try:
-        rel = exe.relative_to(Path.cwd())
-    except ValueError:
-        return "python"
-    return str(rel) if len(rel.parts) > 1 else f"./{rel}"
-
-
-def command_line(argv: list[str] | None = None) -> str:
-    """The command this process was started with (or ``argv`` as this process's script), as a user would retype it
-    from the same directory."""
-    return f"{interpreter()} " + shlex.join(sys.argv if argv is None else [sys.argv[0], *argv])
+from hyporay import tracking
+from hyporay.engine.output import say
+from hyporay.engine.trials import absolute_paths
 
 
 class Driver:
-    def __init__(self, defn, args, configs_dir: Path):
-        from hyporay.engine import tracking
+    """Runs one plan (``plan_class(driver)``: a ``GridPlan`` or a ``StudyPlan``, chosen by the caller) through every
+    step; the plan says what its trials are, who proposes them and what is published at the end."""
 
-        self.defn, self.args, self.configs_dir = defn, args, configs_dir
+    def __init__(self, defn, args, configs_dir: Path, plan_class):
+        self.defn, self.args, self.configs_dir, self.plan_class = defn, args, configs_dir, plan_class
         self.workdir = Path.cwd()
         # on a cluster both come from the environment cluster.yaml sets up (one place for each)
         self.tracking_uri = (args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
@@ -97,11 +34,9 @@ class Driver:
 
         if self.args.profile != "auto":
             load_profile(self.configs_dir, self.args.profile)  # a missing or malformed profile: one line, now
-        plan = self._plan_class()(self)
+        plan = self.plan_class(self)
         plan.check_inputs()  # cheap checks first: nothing starts before the inputs are known to be good
         if not self.args.dry_run:
-            from hyporay.engine import tracking
-
             tracking.check_reachable(plan.tracking_uri())
         self.profile_ref, why = plan.profile_choice()
         self.profile = profile_name(self.profile_ref)
@@ -116,7 +51,7 @@ class Driver:
             from hyporay.engine.console import quiet_logs
 
             quiet_logs()
-        plan = self.prepare()
+        plan = self.plan = self.prepare()
         if self.args.dry_run:
             plan.dry_run()
             return 0
@@ -126,7 +61,7 @@ class Driver:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=1) as pool:
-            store = pool.submit(plan.open_store)
+            store = pool.submit(self.open_store, plan)
             self.start_ray()
             store.result()
         plan.place(self.resources)
@@ -135,14 +70,15 @@ class Driver:
         results = self.fit(plan, datasets)
         return plan.finish(results)
 
-    def _plan_class(self):
-        if isinstance(self.defn, SearchDefinition):
-            from hyporay.engine.study import StudyPlan
+    def open_store(self, plan) -> None:
+        """The MLflow store and the plan's experiment (a fresh SQLite file takes seconds: run while Ray starts); a
+        resumed grid keeps the experiment it recorded."""
+        plan.experiment, plan.exp_id = plan.experiment_ref()
+        if plan.exp_id is None:
+            plan.exp_id = tracking.open_store(self.tracking_uri, plan.experiment)
 
-            return StudyPlan
-        from hyporay.engine.grid import GridPlan
-
-        return GridPlan
+    def experiment_name(self) -> str:
+        return self.args.experiment or f"{self.defn.name}-{self.profile}"
 
     # --- pieces the plans share ---------------------------------------------------------------------------
 
@@ -172,7 +108,6 @@ class Driver:
         elsewhere)."""
         from hyporay.config import merge, parse_overrides
         from hyporay.dotted import put
-        from hyporay.engine.grid import absolute_paths
 
         own: dict = {}
         for k, v in sweep_defaults.items():
@@ -192,8 +127,6 @@ class Driver:
             gpus_per_trial=self.args.gpus_per_trial)
 
     def meta(self, experiment_id: str, parent_id: str, tags: dict, **extra) -> dict:
-        from hyporay.engine import tracking
-
         meta = {"tracking_uri": self.tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent_id,
                 "tags": {"profile": self.profile, tracking.SWEEP_TAG: self.defn.name, **tags}, **extra}
         if self.args.audit:
@@ -235,34 +168,3 @@ class Driver:
 
     def art_dir(self, name: str) -> Path:
         return Path(self.storage if "://" not in self.storage else self.workdir / "hyporay_runs") / name / "artefacts"
-
-
-# --- the sweep state kept for --resume ----------------------------------------------------------------------
-
-STATE_FILE = "hyporay_sweep.json"
-
-
-def state_root(storage: str) -> Path:
-    return Path(storage) if "://" not in storage else Path("hyporay_runs")
-
-
-def write_state(storage: str, name: str, state: dict) -> None:
-    path = state_root(storage) / name / STATE_FILE  # remote storage: the driver-side state stays local
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(state, indent=1, default=str))
-
-
-def find_state(storage: str, sweep: str, which: str) -> Path:
-    from hyporay.config import ConfigError
-
-    root = state_root(storage)
-    if which != "latest":
-        p = root / which / STATE_FILE
-        if not p.is_file():
-            raise ConfigError(f"--resume: no sweep named {which!r} under {root}")
-        return p
-    found = sorted((p for p in root.glob(f"*/{STATE_FILE}") if json.loads(p.read_text()).get("sweep") == sweep),
-                   key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise ConfigError(f"--resume: no interrupted {sweep} sweep under {root}")
-    return found[-1]

@@ -1,4 +1,4 @@
-"""An Optuna search on the engine: the study opened (or continued) in its storage, a seeded sampler proposing the
+"""An Optuna search on the engine (the plan ``hyporay.engine.launch`` hands the driver for a ``SearchDefinition``): the study opened (or continued) in its storage, a seeded sampler proposing the
 trials (``OptunaSearcher``), the study's pruner stopping them (``OptunaPruningScheduler``), the same Tune trials,
 console, resources, retries and MLflow child runs as a grid sweep, and the study's publication at the end."""
 from __future__ import annotations
@@ -12,25 +12,30 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from hyporay.engine.run import Driver, say
-from hyporay.engine.search import (
+from hyporay import tracking
+from hyporay.engine import publish
+from hyporay.engine.optuna import report
+from hyporay.engine.optuna.definition import (
     DRIVER_ATTR,
     EPOCHS_TRAINED,
+    LABEL_KEY,
     ROLE_STUDY,
+    SEARCH_DEFAULTS,
     STATE_TAG,
     STORAGE_TAG,
     STUDY_NAME,
     STUDY_TAG,
     TRIAL_NUMBER_TAG,
     Objective,
-    build_space,
     describe_pruner,
     make_pruner,
     make_sampler,
     pruner_spec,
-    search_defaults,
-    trial_config,
 )
+from hyporay.engine.optuna.space import base_overrides, build_space, search_defaults, trial_config
+from hyporay.engine.optuna.storage import StorageError, open_storage, resolve_storage, storage_kind
+from hyporay.engine.output import say
+from hyporay.engine.trials import load_and_check, with_plugins
 
 
 class RunCloser(Callback):
@@ -47,8 +52,6 @@ class RunCloser(Callback):
         self._close(trial)
 
     def _close(self, trial) -> None:
-        from hyporay.engine import tracking
-
         a = self.searcher.asked.get(trial.trial_id)
         run_id = (a.run_id if a else "") or (trial.last_result or {}).get("mlflow_run_id")
         if a is None or not run_id:
@@ -57,8 +60,6 @@ class RunCloser(Callback):
 
 
 def close(c, run_id: str, state: str, reason: str, epochs: int) -> None:
-    from hyporay.engine import tracking
-
     tracking.set_tags(c, run_id, {STATE_TAG: state, **({"fail_reason": reason[:500]} if reason else {})})
     tracking.log_metrics(c, run_id, {EPOCHS_TRAINED: epochs}, step=epochs)
     if tracking.retry(c.get_run, run_id).info.status == "RUNNING":  # pruned mid-way, or interrupted
@@ -76,15 +77,21 @@ def _pid_alive(pid: int) -> bool:
 
 
 class StudyPlan:
-    def __init__(self, driver: Driver):
+    """The plan of a ``SearchDefinition`` (see the module doc); ``driver``: the ``Driver`` that runs it."""
+
+    def __init__(self, driver):
         self.d, self.defn, self.args = driver, driver.defn, driver.args
         self.study = None
+
+    def __getstate__(self) -> dict:
+        """Without the live study (see ``OptunaSearcher.__getstate__``): Tune pickles the console that holds it."""
+        from hyporay.engine.optuna.tune import LIVE
+
+        return {k: v for k, v in self.__dict__.items() if k not in LIVE}
 
     # --- before anything starts -----------------------------------------------------------------------------
     def check_inputs(self) -> None:
         from hyporay.config import ConfigError, parse_overrides
-        from hyporay.engine.optuna_storage import open_storage, resolve_storage, storage_kind
-        from hyporay.engine.search import SEARCH_DEFAULTS
 
         args = self.args
         name = args.study_name or (args.resume if args.resume not in (None, "latest") else None)
@@ -96,8 +103,6 @@ class StudyPlan:
         if storage_kind(self.storage) != "journal" and not args.dry_run:
             open_storage(self.storage)  # connects: a wrong URL fails here, in one line
         elif storage_kind(self.storage) == "journal" and not Path(self.storage).parent.is_dir():
-            from hyporay.engine.optuna_storage import StorageError
-
             raise StorageError(f"--study-storage: directory {Path(self.storage).parent} does not exist")
 
     def tracking_uri(self) -> str:
@@ -108,13 +113,13 @@ class StudyPlan:
 
     def build(self) -> None:
         from hyporay.config import load_config
-        from hyporay.engine.search import base_overrides
+        from hyporay.dotted import flatten
 
         d, defn, args = self.d, self.defn, self.args
         self.defaults = search_defaults(d.profile, d.prof)
         self.space = build_space(defn, args, self.defaults)
         over = base_overrides(defn, args, self.space, self.defaults)
-        self.base = load_config(d.base_trial(_dotted(over))).model_dump()
+        self.base = load_config(d.base_trial(flatten(over))).model_dump()
         self.ends = [trial_config(self.base, self.space, {p.name: v}) for p in self.space for v in p.ends()]
         self.n_trials = args.n_trials or int(self.defaults["n_trials"])
         self.objective = None if defn.multi_objective else Objective(
@@ -151,8 +156,6 @@ class StudyPlan:
         say(f"eval attack: {b.eval.attack.describe()}")
 
     def load_data(self) -> dict:
-        from hyporay.engine.grid import load_and_check, with_plugins
-
         self.base = with_plugins(self.base)
         return load_and_check([self.base, *self.ends])
 
@@ -169,21 +172,15 @@ class StudyPlan:
         self.parallel = max(1, min(self.args.parallel or fits or 1, self.n_trials))
 
     # --- the study, MLflow, Tune --------------------------------------------------------------------------------
-    def open_store(self) -> None:
-        """The MLflow experiment (and, for a fresh SQLite file, its schema): run while Ray starts."""
-        from hyporay.engine import tracking
-
-        self.experiment = self.args.experiment or f"{self.defn.name}-{self.d.profile}"
-        self.exp_id = tracking.ensure_experiment(self.d.tracking_uri, self.experiment)
+    def experiment_ref(self) -> tuple[str, None]:
+        return self.d.experiment_name(), None
 
     def open_tracking(self) -> None:
         import optuna
 
         from hyporay import provenance
         from hyporay.config import ConfigError
-        from hyporay.engine import tracking
-        from hyporay.engine.optuna_storage import open_storage
-        from hyporay.engine.optuna_tune import OptunaPruningScheduler, OptunaSearcher
+        from hyporay.engine.optuna.tune import OptunaPruningScheduler, OptunaSearcher
 
         d, defn, args = self.d, self.defn, self.args
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -229,7 +226,8 @@ class StudyPlan:
 
         c = tracking.client(d.tracking_uri)
         self.parent_id, created = self._parent(c, {
-            tracking.SWEEP_TAG: defn.name, "profile": d.profile, **tracking.provenance_tags(provenance.code())})
+            tracking.SWEEP_TAG: defn.name, "profile": d.profile, tracking.FRONTIER_LABEL_TAG: LABEL_KEY,
+            **tracking.provenance_tags(provenance.code())})
         self.settings = {"search": defn.name, "profile": d.profile, "study_name": self.study_name,
                          "storage": self.storage, "objective": self.objective_text(),
                          "space": [p.describe() for p in self.space],
@@ -249,8 +247,6 @@ class StudyPlan:
 
     def _parent(self, c, tags: dict) -> tuple[str, bool]:
         """The study's parent run (found by study name and storage), else a new one; (run id, created)."""
-        from hyporay.engine import tracking
-
         found = tracking.retry(c.search_runs, [self.exp_id], filter_string=(
             f"tags.`{tracking.ROLE_TAG}` = '{ROLE_STUDY}' and tags.`{STUDY_TAG}` = '{self.study_name}'"),
             max_results=100)
@@ -265,8 +261,6 @@ class StudyPlan:
     def _fail_stale(self, c) -> None:
         """Trials left RUNNING by a driver of this host that no longer runs (killed): FAIL, their runs FAILED."""
         from optuna.trial import TrialState
-
-        from hyporay.engine import tracking
 
         failed = 0
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -295,31 +289,18 @@ class StudyPlan:
         return {"trial": cfg, "key": key, "name": name, "tags": tags}
 
     def announce(self) -> None:
-        from hyporay.engine import mlflow_ui
-        from hyporay.engine.publish import links
-
-        b = self.base
-        say(f"{self.defn.name}: study {self.study_name} ({'continued, ' + str(self.n_prior) + ' trials so far' if self.n_prior else 'new'}) on {self.storage}")
-        say(f"  {self.objective_text()}")
-        say(f"  space: {'; '.join(p.describe() for p in self.space)}; trainer "
-            f"{b['train']['trainer'] if not self.defn.multi_objective else 'searched'}, lam "
-            f"{'searched' if any(p.name == 'lam' for p in self.space) else format(b['train']['lam'], 'g')}, "
-            f"{b['train']['epochs']} epochs, eval every {b['eval']['every']}")
-        say(f"  sampler {self.sampler_name} (seed {self.seed}); pruner {describe_pruner(self.pruner)}")
-        info = self.d.info
-        say(f"  {self.n_trials} trials, {self.parallel} at a time, {self.d.resources} each, on {info.nodes} node(s) "
-            f"({info.cpus:g} CPU, {info.gpus:g} GPU)")
-        from hyporay.analysis.tables import threat_caption
-
-        say(f"threat model: {threat_caption(b)}")
-        say(f"MLflow: {self.d.tracking_uri}  experiment {self.experiment!r} (id {self.exp_id})  parent run "
-            f"{self.parent_id}")
-        mlflow_ui.write_frontier_view(self.d.tracking_uri, self.exp_id, [], self.parent_id, "train.attack.eps")
-        say("watch it live:")
-        for line in links(self.d.tracking_uri, self.exp_id, self.parent_id):
-            if not line.startswith("frontier.png"):
-                say("  " + line)
-        say(f"  optuna-dashboard:  optuna-dashboard {self.storage}")
+        b, info = self.base, self.d.info
+        continued = f"continued, {self.n_prior} trials so far" if self.n_prior else "new"
+        lam = "searched" if any(p.name == "lam" for p in self.space) else format(b["train"]["lam"], "g")
+        publish.announce(self.d, self, b, LABEL_KEY, [
+            f"{self.defn.name}: study {self.study_name} ({continued}) on {self.storage}",
+            f"  {self.objective_text()}",
+            f"  space: {'; '.join(p.describe() for p in self.space)}; trainer "
+            f"{b['train']['trainer'] if not self.defn.multi_objective else 'searched'}, lam {lam}, "
+            f"{b['train']['epochs']} epochs, eval every {b['eval']['every']}",
+            f"  sampler {self.sampler_name} (seed {self.seed}); pruner {describe_pruner(self.pruner)}",
+            f"  {self.n_trials} trials, {self.parallel} at a time, {self.d.resources} each, on {info.nodes} node(s) "
+            f"({info.cpus:g} CPU, {info.gpus:g} GPU)"], (f"optuna-dashboard:  optuna-dashboard {self.storage}",))
 
     def total(self) -> int:
         return self.n_trials
@@ -351,27 +332,21 @@ class StudyPlan:
 
     # --- after the trials ---------------------------------------------------------------------------------------
     def finish(self, results) -> int:
-        from hyporay.analysis import runs
-        from hyporay.engine import study_report, tracking
+        from hyporay.tracking.runs import read
 
         c = tracking.client(self.d.tracking_uri)
         interrupted = self.searcher.fail_unfinished("interrupted")
         for a in interrupted:
             if a.run_id:
                 close(c, a.run_id, "FAIL", "interrupted", a.epochs)
-        df = runs.read(self.d.tracking_uri, self.exp_id, self.parent_id)
-        paths = study_report.publish(self, df, c)
+        df = self.table = read(self.d.tracking_uri, self.exp_id, self.parent_id)
+        paths, view = report.publish(self, df, c)
         tracking.retry(c.set_terminated, self.parent_id, "KILLED" if interrupted else "FINISHED")
-        study_report.summary(self, df, paths)
+        report.summary(self, df, paths, view, interrupted=bool(interrupted))
         if interrupted:
-            say(f"interrupted; continue with:  {study_report.continue_command(self)}")
             return 130
         asked = list(self.searcher.asked.values())
         return 1 if asked and all(a.state == "FAIL" for a in asked) else 0
 
-
-def _dotted(over: dict) -> dict:
-    """A nested override dict as dotted keys (``Driver.base_trial`` takes the sweep's defaults that way)."""
-    from hyporay.dotted import flatten
-
-    return flatten(over)
+    def resume_command(self) -> str:
+        return publish.resume_command(self.study_name, self.args, profile=self.d.profile)

@@ -8,14 +8,22 @@ import math
 import time
 
 from hyporay import metrics as M
+from hyporay import tracking
 from hyporay.analysis import frontier as F
 from hyporay.analysis import plots, runs
 from hyporay.analysis import tables as T
 from hyporay.analysis.stats import pareto_mask
-from hyporay.engine import mlflow_ui, tracking
-from hyporay.engine.optuna_storage import first_line
-from hyporay.engine.run import say
-from hyporay.engine.search import EPOCHS_TRAINED, OBJECTIVE, STATE_TAG, STATES, TRIAL_NUMBER_TAG
+from hyporay.engine import publish as P
+from hyporay.engine.optuna.definition import (
+    EPOCHS_TRAINED,
+    LABEL_KEY,
+    OBJECTIVE,
+    STATE_TAG,
+    STATES,
+    TRIAL_NUMBER_TAG,
+)
+from hyporay.engine.optuna.storage import first_line
+from hyporay.engine.output import say
 
 
 def _quiet_optuna() -> None:
@@ -97,8 +105,9 @@ def pareto_points(df, space) -> list[F.FrontierPoint]:
     return pts
 
 
-def publish(plan, df, c) -> list:
-    """Artefacts and figures on the study's parent run; returns the artefact paths."""
+def publish(plan, df, c) -> tuple[list, str | None]:
+    """Artefacts, figures, metrics and tags on the study's parent run (through ``publish.to_parent``); returns
+    (the artefact paths, the trade-off view's link or None)."""
     study, out = plan.study, plan.d.workdir / "optuna_runs" / plan.study_name
     out.mkdir(parents=True, exist_ok=True)
     paths, skipped = study_plots(study, out, plan.defn.multi_objective)
@@ -126,9 +135,6 @@ def publish(plan, df, c) -> list:
                                    "seconds": round(plan.d.seconds, 1), "plots_skipped": skipped,
                                    "trials": [r for r in rows if r["number"] >= plan.n_prior]}, indent=1,
                                   default=str))
-    for p in paths:
-        tracking.retry(c.log_artifact, plan.parent_id, str(p))
-    tracking.retry(c.log_artifact, plan.parent_id, str(session), "sessions")
     tags = {f"plot_skipped.{name}": why[:250] for name, why in skipped.items()}
     for name, why in skipped.items():
         say(f"plot {name} skipped: {why}")
@@ -146,12 +152,11 @@ def publish(plan, df, c) -> list:
     if plan.defn.multi_objective:
         tags["pareto_trials"] = ",".join(str(r["trial"]) for r in sorted(pareto_set(df, plan.space),
                                                                           key=lambda r: r["trial"]))
-    tags["mlflow.note.content"] = (f"### Optuna study {plan.study_name}\n\n{plan.objective_text()}; "
-                                   f"{caption}\n\n" + ", ".join(f"{v} {k}" for k, v in counts.items()))
-    tracking.set_tags(c, plan.parent_id, tags)
-    keys = sorted({k for k in df.columns if df[k].dtype.kind == "f"}) if not df.empty else []
-    mlflow_ui.write_frontier_view(plan.d.tracking_uri, plan.exp_id, keys, plan.parent_id, "train.attack.eps")
-    return paths
+    note = (f"### Optuna study {plan.study_name}\n\n{plan.objective_text()}; {caption}\n\n"
+            + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    view = P.to_parent(c, plan.d.tracking_uri, plan.exp_id, plan.parent_id, df, [*paths, (session, "sessions")],
+                       note=note, label_key=LABEL_KEY, tags=tags)
+    return paths, view
 
 
 def _empty(path):
@@ -179,17 +184,8 @@ def _fmt_params(params: dict) -> str:
     return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
-def continue_command(plan) -> str:
-
-    extra = ["--study-storage", plan.args.storage] if plan.args.storage else []
-    from hyporay.engine.run import command_line
-
-    return command_line(["--profile", plan.d.profile, "--resume", plan.study_name, *extra])
-
-
-def summary(plan, df, paths) -> None:
-    from hyporay.engine.publish import links
-
+def summary(plan, df, paths, view: str | None, interrupted: bool = False) -> None:
+    """A study's closing summary: its trials by state, the best trial or the Pareto set, then ``publish.tail``."""
     study = plan.study
     every = study.get_trials(deepcopy=False)
     counts = {st: sum(t.state.name == st for t in every) for st in STATES}
@@ -220,13 +216,5 @@ def summary(plan, df, paths) -> None:
             say("  no trial met the natural-risk ceiling: widen the search or raise --max-natural-risk")
     for a in [a for a in asked if a.state == "FAIL"][:3]:
         say(f"failed: trial {a.trial.number}: {a.reason}")
-    say(f"tracking URI:    {plan.d.tracking_uri}")
-    say(f"experiment:      {plan.experiment} (id {plan.exp_id})")
-    say(f"parent run:      {plan.parent_id}")
-    for p in paths:
-        say(f"artefact:        {p}")
-    for line in links(plan.d.tracking_uri, plan.exp_id, plan.parent_id):
-        if not line.startswith("frontier.png"):
-            say(line)
-    say(f"watch live:      optuna-dashboard {plan.storage}")
-    say(f"continue with:   {continue_command(plan)}")
+    P.tail(plan.d, plan, paths, view, [f"watch live:      optuna-dashboard {plan.storage}"],
+           ("interrupted; continue with:" if interrupted else "continue with:", plan.resume_command()))

@@ -1,73 +1,15 @@
-"""Optuna searches on the one engine: who proposes the next trial (a seeded Optuna sampler) and who may stop one
-early (the study's Optuna pruner), over the same Tune trials, console, MLflow runs and resources as the sweeps.
-
-- ``defender_budget``: minimise ``hypocritical_risk + penalty * max(0, natural_risk - max_natural_risk)`` over the
-  training eps (optionally λ and the attack steps), one trainer, pruned after every evaluated epoch. A penalty, not
-  a sampler constraint: the pruner compares per-epoch values and must see the accuracy too.
-- ``pareto``: minimise (natural_risk, hypocritical_risk) with NSGA-II over trainer, λ and eps; Optuna cannot prune
-  multi-objective studies.
-
-This module holds the pure parts (definitions, the search space, the objective, pruner and sampler factories, the
-flags); ``hyporay.engine.optuna_tune`` connects them to Ray Tune.
-"""
+"""An Optuna search's space and flags: the searched trial fields (``Param``) from ``--eps-range``, ``--lam-range``,
+``--steps-range`` and ``--trainers``, the profile's defaults filling the rest, and the full trial config of one set of
+Optuna parameters."""
 from __future__ import annotations
 
 import argparse
 import math
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from hyporay.engine.cli import count, fraction, non_negative
-
-OBJECTIVE = "objective"                 # metric and Optuna value of the budget search
-EPOCHS_TRAINED = "epochs_trained"       # per trial: epochs it really trained (pruned trials: fewer)
-STATE_TAG = "optuna_state"              # child run tag: COMPLETE / PRUNED / FAIL
-STUDY_TAG = "optuna.study_name"
-STORAGE_TAG = "optuna.storage"
-TRIAL_NUMBER_TAG = "optuna.trial_number"
-ROLE_STUDY = "study"                    # hyporay.role of a study's parent run (a grid sweep's is "sweep")
-DRIVER_ATTR = "hyporay.driver"          # trial user attr: {"host", "pid"} of the driver that asked it
-PRUNERS = ("median", "percentile", "halving", "hyperband", "none")
-SAMPLERS = ("tpe", "random")
-STATES = ("COMPLETE", "PRUNED", "FAIL")
-STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
-
-# Search-space defaults per profile (the profile YAMLs hold the trial settings; these are the search's own).
-# Unknown profiles take "local"'s, with the eps range derived from the profile's training eps.
-SEARCH_DEFAULTS: dict[str, dict[str, Any]] = {
-    "local": {  # digits: eval eps 0.1; 20 epochs, evaluated every 5
-        "eps": (0.005, 0.4), "lam": 6.0, "lam_range": (0.5, 80.0), "steps_range": (2, 20),
-        "trainers": ("trades", "thrm"), "max_natural_risk": 0.15, "n_trials": 16, "sampler_startup": 5,
-        "pruner_startup": 3, "pruner_warmup": 4, "population": 8,
-    },
-    "paper": {  # CIFAR-10: eval eps 8/255; 110 epochs, evaluated every 10
-        "eps": (1 / 255, 16 / 255), "lam": 6.0, "lam_range": (1.0, 100.0), "steps_range": (3, 10),
-        "trainers": ("trades", "thrm"), "max_natural_risk": 0.20, "n_trials": 32, "sampler_startup": 8,
-        "pruner_startup": 4, "pruner_warmup": 20, "population": 16,
-    },
-}
-
-
-@dataclass(frozen=True)
-class SearchDefinition:
-    name: str                  # script name; default experiment "<name>-<profile>"
-    description: str
-    multi_objective: bool      # False: penalised objective, pruned; True: (R_nat, R_hyp), NSGA-II, no pruning
-    # trial fields every trial of this search gets (dotted key -> value), over the profile's trial section
-    defaults: dict[str, Any] = field(default_factory=dict)
-
-
-BUDGET = SearchDefinition(
-    "defender_budget",
-    "Optuna search of the defender's training budget (eps; optionally lambda and attack steps) for the smallest "
-    "hypocritical risk under a natural-risk ceiling, with real Optuna pruning, trials on Ray Tune",
-    multi_objective=False, defaults={"train.trainer": "thrm", "train.attack.step_size": None})
-PARETO = SearchDefinition(
-    "pareto",
-    "NSGA-II search of the natural-vs-hypocritical trade-off over trainer, lambda and eps; logs the Pareto set",
-    multi_objective=True, defaults={"train.attack.step_size": None})
-
+from hyporay.engine.flags import count, fraction, non_negative, parse_list
+from hyporay.engine.optuna.definition import PRUNERS, SAMPLERS, SEARCH_DEFAULTS, SearchDefinition
 
 # --- search space ---------------------------------------------------------------------------------------
 
@@ -148,7 +90,6 @@ def _trainers(raw: str, single: bool) -> tuple[str, ...]:
 def fixed_lambda(args) -> float | None:
     """The one λ of ``--lambdas`` (a search takes a fixed λ, or searches ``--lam-range``)."""
     from hyporay.config import ConfigError
-    from hyporay.engine.cli import parse_list
 
     if args.lambdas is None:
         return None
@@ -225,110 +166,6 @@ def trial_config(base: dict, space: list[Param], params: dict[str, Any]) -> dict
     return load_config(merge(base, over)).model_dump()
 
 
-# --- objective ------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Objective:
-    """``hypocritical_risk + penalty * max(0, natural_risk - max_natural_risk)`` (budget search)."""
-
-    max_natural_risk: float
-    penalty: float = 10.0
-
-    def value(self, metrics: dict) -> float:
-        from hyporay import metrics as M
-
-        nat = float(metrics[M.NATURAL_RISK])
-        return hypocritical(metrics) + self.penalty * max(0.0, nat - self.max_natural_risk)
-
-    def feasible(self, metrics: dict) -> bool:
-        from hyporay import metrics as M
-
-        return float(metrics[M.NATURAL_RISK]) <= self.max_natural_risk
-
-
-def hypocritical(metrics: dict) -> float:
-    """R_hyp(D-); a model without mistakes (empty D-, NaN with no mistake) counts as 0: nothing to pass off."""
-    from hyporay import metrics as M
-
-    v = float(metrics.get(M.HYPOCRITICAL_RISK, math.nan))
-    return 0.0 if math.isnan(v) and float(metrics.get(M.N_MISCLASSIFIED, 1)) == 0 else v
-
-
-def objective_values(metrics: dict, objective: Objective | None) -> list[float] | None:
-    """The Optuna value(s) of an evaluation: [objective] or [R_nat, R_hyp(D-)]; None when the numbers are not
-    results (a degenerate model, missing risks): such a trial is left out of the study (FAIL, with the reason)."""
-    from hyporay import metrics as M
-
-    if metrics.get(M.DEGENERATE) or M.NATURAL_RISK not in metrics:
-        return None
-    nat, hyp = float(metrics[M.NATURAL_RISK]), hypocritical(metrics)
-    if math.isnan(nat) or math.isnan(hyp):
-        return None
-    return [nat, hyp] if objective is None else [objective.value(metrics)]
-
-
-# --- pruners and samplers -------------------------------------------------------------------------------
-
-def make_pruner(spec: dict):
-    """An Optuna pruner from a plain dict (recorded with the study's MLflow parent)."""
-    import optuna
-
-    from hyporay.config import ConfigError
-
-    name = spec.get("name", "median")
-    startup, warmup = int(spec.get("startup", 5)), int(spec.get("warmup", 0))
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=warmup)
-    if name == "percentile":
-        return optuna.pruners.PercentilePruner(float(spec.get("percentile", 25.0)), n_startup_trials=startup,
-                                               n_warmup_steps=warmup)
-    if name == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.get("min_resource", "auto"),
-                                                      reduction_factor=int(spec.get("reduction_factor", 3)))
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=int(spec.get("min_resource") or 1),
-                                              max_resource=spec.get("max_resource", "auto"),
-                                              reduction_factor=int(spec.get("reduction_factor", 3)))
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise ConfigError(f"--pruner: unknown {name!r}; known: {', '.join(PRUNERS)}")
-
-
-def pruner_spec(args, defaults: dict, trial: dict) -> dict:
-    """The pruner's settings; resources (halving, hyperband) in epochs: the first evaluation to the last."""
-    from hyporay.config import ConfigError
-
-    every, epochs = int(trial["eval"]["every"]), int(trial["train"]["epochs"])
-    spec: dict[str, Any] = {"name": args.pruner}
-    if args.pruner in ("median", "percentile"):
-        spec["startup"] = defaults["pruner_startup"] if args.pruner_startup is None else args.pruner_startup
-        spec["warmup"] = defaults["pruner_warmup"] if args.pruner_warmup is None else args.pruner_warmup
-    if args.pruner == "percentile":
-        if not 0 < args.percentile < 100:
-            raise ConfigError(f"--percentile: must be in (0, 100), got {args.percentile:g}")
-        spec["percentile"] = args.percentile
-    if args.pruner in ("halving", "hyperband"):
-        spec.update(min_resource=min(every, epochs) or 1, reduction_factor=args.reduction_factor)
-        if args.pruner == "hyperband":
-            spec["max_resource"] = max(epochs, 1)
-    return spec
-
-
-def describe_pruner(spec: dict) -> str:
-    extra = {k: v for k, v in spec.items() if k != "name"}
-    return spec["name"] + ("(" + ", ".join(f"{k}={v}" for k, v in extra.items()) + ")" if extra else "")
-
-
-def make_sampler(defn: SearchDefinition, name: str, seed: int, startup: int, population: int):
-    import optuna
-
-    if defn.multi_objective:  # Optuna 5's default multi-objective sampler is TPE: NSGA-II explicitly
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
-
-
 # --- flags ----------------------------------------------------------------------------------------------
 
 def _range_flags(p: argparse.ArgumentParser, name: str, help_range: str, what: str, scale: str = "log") -> None:
@@ -336,6 +173,12 @@ def _range_flags(p: argparse.ArgumentParser, name: str, help_range: str, what: s
     p.add_argument(f"--{name}-range", metavar="LOW,HIGH", help=help_range)
     p.add_argument(f"--{name}-scale", choices=("log", "linear"), default=scale,
                    help=f"how {what} sampled")
+
+
+def _counts(p: argparse.ArgumentParser, flags: dict[str, tuple[int, str]]) -> None:
+    """Whole-number flags without a default: {flag: (minimum, help)}."""
+    for flag, (minimum, text) in flags.items():
+        p.add_argument(flag, type=count(minimum), help=text)
 
 
 def add_search_flags(p: argparse.ArgumentParser, defn: SearchDefinition) -> None:
@@ -348,10 +191,9 @@ def add_search_flags(p: argparse.ArgumentParser, defn: SearchDefinition) -> None
     p.add_argument("--study-storage", "--storage", dest="storage",
                    help="Optuna storage: a JournalStorage file (default ./optuna.journal), sqlite:///PATH, "
                         "postgresql://..., mysql://..., or redis://HOST:PORT; only the driver opens it")
-    p.add_argument("--n-trials", type=count(1), help="trials to run now (added to a continued study); default: the "
-                                                     "profile's (local 16, paper 32)")
-    p.add_argument("--parallel", type=count(1), help="trials running at once (default: as many as the cluster "
-                                                     "fits)")
+    _counts(p, {"--n-trials": (1, "trials to run now (added to a continued study); default: the profile's (local 16, "
+                                  "paper 32)"),
+                "--parallel": (1, "trials running at once (default: as many as the cluster fits)")})
     p.add_argument("--sampler-seed", "--seed", dest="seed", type=int, default=0,
                    help="sampler seed (a continued study adds its number of trials)")
     p.add_argument("--trainers", "--trainer", dest="trainers",
@@ -377,9 +219,8 @@ def add_search_flags(p: argparse.ArgumentParser, defn: SearchDefinition) -> None
     p.add_argument("--pruner", choices=PRUNERS, default="median",
                    help="Optuna pruner, asked after every evaluated epoch; halving = successive halving (resources "
                         "in epochs)")
-    p.add_argument("--pruner-startup", type=count(0), help="median/percentile: completed trials before pruning "
-                                                           "(default: local 3, paper 4)")
-    p.add_argument("--pruner-warmup", type=count(0), help="median/percentile: no pruning before this epoch "
-                                                          "(default: local 4, paper 20)")
+    _counts(p, {"--pruner-startup": (0, "median/percentile: completed trials before pruning (default: local 3, "
+                                        "paper 4)"),
+                "--pruner-warmup": (0, "median/percentile: no pruning before this epoch (default: local 4, paper 20)")})
     p.add_argument("--percentile", type=float, default=25.0, help="percentile pruner: keep the best P%%")
     p.add_argument("--reduction-factor", type=count(2), default=3, help="successive halving / hyperband")

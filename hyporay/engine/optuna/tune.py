@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from hyporay.engine.search import DRIVER_ATTR, EPOCHS_TRAINED, Objective, objective_values
+from hyporay.engine.optuna.definition import DRIVER_ATTR, EPOCHS_TRAINED, Objective, objective_values
 
 
 @dataclass
@@ -29,6 +29,9 @@ class Asked:
     values: list[float] | None = None
     metrics: dict = field(default_factory=dict)
     run_id: str = ""
+
+
+LIVE = ("study", "make_plan", "asked", "searcher", "scheduler")  # attributes holding live Optuna objects
 
 
 class OptunaSearcher(Searcher):
@@ -47,6 +50,11 @@ class OptunaSearcher(Searcher):
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True
+
+    def __getstate__(self) -> dict:
+        """Without the live study: Tune pickles its search algorithm with the run (for ``Tuner.restore``, which a
+        study never uses: it continues from its Optuna storage), and Optuna 5.1's NSGA-II sampler holds a lock."""
+        return {k: v for k, v in self.__dict__.items() if k not in LIVE}
 
     def suggest(self, trial_id: str):
         if len(self.asked) >= self.n_trials:

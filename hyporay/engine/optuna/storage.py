@@ -68,10 +68,10 @@ def open_storage(spec: str, *, create: bool = True):
     except StorageError:
         raise
     except ModuleNotFoundError as exc:  # the database driver, imported when the engine is created
-        raise StorageError(f"--study-storage: {_redact(spec)} needs the database driver {exc.name!r} "
+        raise StorageError(f"--study-storage: {redact(spec)} needs the database driver {exc.name!r} "
                            f"(pip install {_DRIVER_PACKAGES.get(exc.name, exc.name)})") from None
     except Exception as exc:  # noqa: BLE001 - any driver/connection error becomes one line
-        raise StorageError(f"--study-storage: cannot open {_redact(spec)} ({first_line(exc)})") from None
+        raise StorageError(f"--study-storage: cannot open {redact(spec)} ({first_line(exc)})") from None
 
 
 def _check_rdb_url(spec: str) -> None:
@@ -81,10 +81,10 @@ def _check_rdb_url(spec: str) -> None:
         url = make_url(spec)
         url.get_dialect().import_dbapi()  # the driver package (psycopg2, pymysql, ...) is there
     except ModuleNotFoundError as exc:
-        raise StorageError(f"--study-storage: {_redact(spec)} needs the database driver {exc.name!r} "
+        raise StorageError(f"--study-storage: {redact(spec)} needs the database driver {exc.name!r} "
                            f"(pip install {_DRIVER_PACKAGES.get(exc.name, exc.name)})") from None
     except Exception as exc:  # noqa: BLE001 - sqlalchemy's ArgumentError / NoSuchModuleError
-        raise StorageError(f"--study-storage: not a database URL: {_redact(spec)} ({first_line(exc)})") from None
+        raise StorageError(f"--study-storage: not a database URL: {redact(spec)} ({first_line(exc)})") from None
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         parent = Path(url.database).parent
         if not parent.is_dir():
@@ -101,7 +101,7 @@ def _engine_kwargs(spec: str) -> dict:
     return {}
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
 
 

@@ -1,0 +1,84 @@
+"""hyporay's sweeps and searches as Python objects: what ``sweeps/*.py`` run from the command line and what
+``hyporay.engine.run`` runs from a notebook (``SWEEPS`` by name). Light: nothing heavy is imported here."""
+from __future__ import annotations
+
+from hyporay.engine.definition import Axis, SweepDefinition
+from hyporay.engine.optuna.definition import BUDGET, PARETO, SearchDefinition
+
+VARIANTS = ["naive", "noise", "mislabeling", "poisoning", "quality"]  # the training sets of Tables 1-2
+
+THRM_LAMBDA = SweepDefinition(
+    name="thrm_lambda",
+    description="TRADES vs THRM over lambda: the natural-vs-hypocritical trade-off frontier (the paper's Fig. 4).",
+    axes=[
+        Axis("train.trainer", None, "--trainers", str, "trainers to compare"),
+        Axis("train.lam", None, "--lambdas", float, "lambda grid"),
+    ],
+)
+
+DEFENDER_EPS = SweepDefinition(
+    name="defender_eps",
+    description="PGD-AT, TRADES and THRM over the training eps: how the defender's budget moves the "
+                "natural-vs-hypocritical frontier.",
+    axes=[
+        Axis("train.trainer", ["pgd_at", "trades", "thrm"], "--trainers", str, "trainers to compare"),
+        Axis("train.attack.eps", None, "--eps", float, "training eps grid (pixel units, e.g. 0.0314 = 8/255)"),
+    ],
+    # lambda of TRADES/THRM (one value: points are labelled by eps); step eps/4 for every eps (paper: 2/255)
+    defaults={"train.lam": 6, "train.attack.step_size": None},
+    label_key="train.attack.eps",
+)
+
+ARCHITECTURES = SweepDefinition(
+    name="architectures",
+    description="Natural training vs THRM across architectures: where each model sits on the "
+                "natural-vs-hypocritical plane.",
+    axes=[
+        Axis("model.name", None, "--models", str, "architectures"),
+        Axis("train.trainer", ["natural", "thrm"], "--trainers", str, "trainers"),
+    ],
+    defaults={"train.lam": 6},
+    label_key="model.name",
+)
+
+ATTACK_STEPS = SweepDefinition(
+    name="attack_steps",
+    description="Is the eval attack converged? Accuracy under attack vs PGD steps and restarts, for each trainer.",
+    axes=[Axis("train.trainer", ["natural", "pgd_at", "trades", "thrm"], "--trainers", str, "trainers")],
+    defaults={"train.lam": 6, "eval.steps_grid": [1, 10, 100, 1000], "eval.restarts_grid": [1, 5, 10]},
+    frontier=False,
+    after="hyporay.analysis.reports:convergence_hook",
+)
+
+SUBSTANDARD = SweepDefinition(
+    name="substandard",
+    description="Substandard models (the paper's Tables 1-2): natural training on "
+                "Naive/Noise/Mislabeling/Poisoning/Quality sets.",
+    axes=[
+        Axis("variant.name", VARIANTS, "--variants", str, "training-set variants"),
+        Axis("model.name", None, "--models", str, "architectures"),
+    ],
+    defaults={"train.trainer": "natural"},
+    frontier=False,
+    after="hyporay.analysis.reports:substandard_hook",
+)
+
+REPRODUCE = SweepDefinition(
+    name="reproduce",
+    description="Reproduce the paper's tables, figures and five claims in one sweep, and write a report beside its "
+                "numbers.",
+    axes=[
+        Axis("train.lam", None, "--lambdas", float, "λ grid of Fig. 4 (TRADES and THRM)"),
+        Axis("model.name", None, "--models", str, "architectures of Tables 1-2"),
+        Axis("variant.name", VARIANTS, "--variants", str, "training sets of Tables 1-2"),
+    ],
+    frontier=False,   # the report draws Fig. 4 from its own part of the trials
+    grid="hyporay.paper.grid:grid",
+    options="hyporay.paper.grid:options",
+    seeds={"local": 3},
+    after="hyporay.paper.report:report",
+)
+
+SWEEPS: dict[str, SweepDefinition | SearchDefinition] = {
+    d.name: d for d in (THRM_LAMBDA, DEFENDER_EPS, ARCHITECTURES, ATTACK_STEPS, SUBSTANDARD, REPRODUCE, BUDGET,
+                        PARETO)}
