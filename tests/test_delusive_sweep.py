@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import load_script
-
-D = load_script("sweeps/delusive.py")
+from hyporay import delusive_table as D
 
 
 def _rows(acc: dict[tuple[str, str], list[float]]) -> list[dict]:
