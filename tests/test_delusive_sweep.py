@@ -71,3 +71,20 @@ def test_no_verdict_where_the_poison_did_not_hurt():
     holds, lines = D.verdict(cells)
     assert holds is None and "nothing to recover" in lines[0]
     assert D.verdict([])[0] is None
+
+
+def test_dry_run_plans_the_grid(capsys, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from hyporay.engine import main
+    from hyporay.sweeps import DELUSIVE
+
+    monkeypatch.chdir(tmp_path)
+    configs = Path(__file__).resolve().parent.parent / "sweeps" / "configs"
+    assert main(DELUSIVE, ["--profile", "local", "--dry-run"], configs_dir=configs) == 0
+    assert "delusive: 126 trials" in capsys.readouterr().out  # 6 sets x 7 defences x 3 seeds
+    args = ["--profile", "local", "--dry-run", "--sets", "clean,p4", "--trainers", "natural,gairat", "--seeds", "2"]
+    assert main(DELUSIVE, args, configs_dir=configs) == 0
+    out = capsys.readouterr().out
+    assert "delusive: 8 trials" in out and "gairat-lam0-mlp-p4-seed1" in out
+    assert not list(tmp_path.iterdir())  # a dry run writes nothing
