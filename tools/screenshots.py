@@ -1,4 +1,5 @@
-"""Regenerate the README's pictures of a sweep from a directory holding its mlflow.db (and mlartifacts/).
+"""Regenerate the pictures of a sweep (README.md, docs/watching.md) from a directory holding its mlflow.db (and
+mlartifacts/).
 
     # the default run (make run), its console kept; then, from the project root:
     make run 2>&1 | tee run.log

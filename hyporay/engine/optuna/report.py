@@ -108,7 +108,7 @@ def pareto_points(df, space) -> list[F.FrontierPoint]:
 def publish(plan, df, c) -> tuple[list, str | None]:
     """Artefacts, figures, metrics and tags on the study's parent run (through ``publish.to_parent``); returns
     (the artefact paths, the trade-off view's link or None)."""
-    study, out = plan.study, plan.d.workdir / "optuna_runs" / plan.study_name
+    study, out = plan.study, plan.d.art_dir(plan.study_name)  # beside a grid's: <storage>/<name>/artefacts
     out.mkdir(parents=True, exist_ok=True)
     paths, skipped = study_plots(study, out, plan.defn.multi_objective)
     rows = trial_rows(study)
