@@ -8,6 +8,7 @@ random noise does not. Light at import (the sweep's ``--help`` stays fast): anal
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 SETS = ("clean", "p1", "p2", "p3", "p4", "p5")
@@ -26,7 +27,7 @@ PAPER = {
 }
 PAPER_COLUMNS = ("clean", "l2c", "p1", "p2", "p3", "p4", "p5")
 RECOVERED = 0.5     # "most of the accuracy": a defence recovers more than half of what the poison took from ST
-HURT = 0.05         # a poison "hurts" when it takes more than 5 points of clean accuracy from ST (mean over seeds)
+HURT_MIN = 0.01     # a poison "hurts" when ST loses more than 1 point and more than 2 standard errors (seeds)
 
 
 def paper_value(trainer: str, training_set: str) -> float | None:
@@ -87,34 +88,42 @@ def table(rows: list[dict], sets: list[str], trainers: list[str]) -> tuple[list[
 
 
 def verdict(cells: list[dict]) -> tuple[bool | None, list[str]]:
-    """001's claim on each poisoned set that hurts ST (> ``HURT``): every AT-family defence run recovers more than
-    ``RECOVERED`` of the accuracy ST lost, RandNoise does not. Recovery = (acc_D(P) - acc_ST(P)) /
-    (acc_ST(clean) - acc_ST(P)). Returns (holds on every such set, or None when no set can tell; lines)."""
-    acc = {(c["trainer"], c["set"]): c["acc_clean"] for c in cells}
+    """001's claim, per poisoned set that hurts ST: every AT-family defence run (PGD-AT, GAIRAT, FAT) recovers more
+    than ``RECOVERED`` of the accuracy ST lost, and RandNoise does not. Recovery = (acc_D(P) - acc_ST(P)) /
+    (acc_ST(clean) - acc_ST(P)), on means over seeds. A poison hurts when ST's loss exceeds both ``HURT_MIN`` and
+    twice its standard error over seeds (sqrt(sd_clean²/n_clean + sd_P²/n_P)): a smaller loss is seed noise and
+    leaves nothing to recover. Returns (the claim holds on every set that can tell, or None when none can; lines)."""
+    acc = {(c["trainer"], c["set"]): c for c in cells}
     if ("natural", "clean") not in acc:
         return None, ["no ST run on the clean set: no verdict"]
-    lines, holds = [], []
+    clean = acc[("natural", "clean")]
+    lines, holds = [], {}
     for s in ("p1", "p2", "p3", "p4", "p5"):
         if ("natural", s) not in acc:
             continue
-        lost = acc[("natural", "clean")] - acc[("natural", s)]
-        if lost <= HURT:
-            lines.append(f"{s.upper()}: ST loses {100 * lost:.1f} points (<= {100 * HURT:.0f}): nothing to recover, "
-                         "no verdict on this set")
+        st = acc[("natural", s)]
+        lost = clean["acc_clean"] - st["acc_clean"]
+        se = math.sqrt(clean["acc_clean_std"] ** 2 / clean["n_seeds"] + st["acc_clean_std"] ** 2 / st["n_seeds"])
+        head = f"{s.upper()}: ST loses {100 * lost:.1f} ± {100 * se:.1f} points"
+        if lost <= max(HURT_MIN, 2 * se):
+            lines.append(f"{head}: within seed noise (or below {100 * HURT_MIN:.0f} point), nothing to recover")
             continue
-        rec = {t: (acc[(t, s)] - acc[("natural", s)]) / lost for t in DEFENCES if t != "natural" and (t, s) in acc}
+        rec = {t: (acc[(t, s)]["acc_clean"] - st["acc_clean"]) / lost for t in DEFENCES
+               if t != "natural" and (t, s) in acc}
         at = {t: r for t, r in rec.items() if t in AT_FAMILY}
         ok_at = bool(at) and all(r > RECOVERED for r in at.values())
         ok_noise = "randnoise" in rec and rec["randnoise"] <= RECOVERED
         if at and "randnoise" in rec:
-            holds.append(ok_at and ok_noise)
+            holds[s] = ok_at and ok_noise
         parts = ", ".join(f"{NAMES[t]} {100 * r:.0f}%" for t, r in rec.items())
-        lines.append(f"{s.upper()}: ST loses {100 * lost:.1f} points; recovered: {parts} -> "
-                     f"{'AT recovers most' if ok_at else 'AT does NOT recover most'}, "
+        lines.append(f"{head}; recovered: {parts} -> {'AT recovers most' if ok_at else 'AT does NOT recover most'}, "
                      f"{'RandNoise does not' if ok_noise else 'RandNoise DOES (or was not run)'}")
     if not holds:
-        return None, lines + ["no poisoned set hurt ST with both AT and RandNoise runs: no verdict"]
-    return all(holds), lines
+        return None, lines + ["no poisoned set hurt ST beyond seed noise with both AT and RandNoise runs: no verdict"]
+    yes = [s.upper() for s, h in holds.items() if h]
+    no = [s.upper() for s, h in holds.items() if not h]
+    lines.append(f"holds on {', '.join(yes) or 'no set'}; fails on {', '.join(no) or 'no set'}")
+    return all(holds.values()), lines
 
 
 def report(ctx: dict) -> list[Path]:

@@ -49,7 +49,7 @@ def test_verdict_on_001s_own_numbers_holds():
     holds, lines = D.verdict(cells)
     assert holds is True, lines
     # P5: ST 10.12 -> RandNoise 27.56 of a loss of 84.5 points: 21% recovered
-    assert any(ln.startswith("P5: ST loses 84.5 points") and "RandNoise 21%" in ln for ln in lines)
+    assert any(ln.startswith("P5: ST loses 84.5 ± 0.0 points") and "RandNoise 21%" in ln for ln in lines)
 
 
 @pytest.mark.parametrize("noise, at, expected", [(0.35, 0.85, False), (0.80, 0.85, False), (0.35, 0.55, False),
@@ -64,12 +64,17 @@ def test_verdict_both_ways(noise, at, expected):
     assert D.verdict(cells)[0] is expected
 
 
-def test_no_verdict_where_the_poison_did_not_hurt():
-    acc = {("natural", "clean"): [0.95], ("natural", "p2"): [0.93], ("randnoise", "p2"): [0.93],
+def test_no_verdict_where_the_poison_loss_is_seed_noise():
+    """ST loses 2 points on P2 with seeds scattered by ±2 points (standard error of the loss 2.8): within noise, no verdict;
+    the same 2 points with tight seeds is a loss, and the claim is judged."""
+    acc = {("natural", "clean"): [0.93, 0.97], ("natural", "p2"): [0.91, 0.95], ("randnoise", "p2"): [0.93],
            ("pgd_at", "p2"): [0.9]}
     _, _, cells = D.table(_rows(acc), ["clean", "p2"], list(D.DEFENCES))
     holds, lines = D.verdict(cells)
-    assert holds is None and "nothing to recover" in lines[0]
+    assert holds is None and "P2: ST loses 2.0 ± 2.8 points: within seed noise" in lines[0]
+    tight = acc | {("natural", "clean"): [0.95, 0.95], ("natural", "p2"): [0.93, 0.93]}
+    _, _, cells = D.table(_rows(tight), ["clean", "p2"], list(D.DEFENCES))
+    assert D.verdict(cells)[0] is False  # RandNoise recovers all, PGD-AT nothing
     assert D.verdict([])[0] is None
 
 
