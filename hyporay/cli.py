@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from hyporay.cliutil import OneLineParser, run_user_command
+from hyporay.user_errors import OneLineParser, run_user_command
 
 
 def _table(metrics: dict, title: str) -> str:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from hyporay import passes
 from hyporay.attacks import AttackSpec, frozen_eval
+from hyporay.witnesses import until_decided
 
 ACC_CLEAN = "acc_clean"                        # D: clean accuracy
 ACC_ADV = "acc_adv"                            # A: 1 - R_adv(D)
@@ -201,7 +202,18 @@ def evaluate_batch(model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec, *,
     Runs the adversarial and stability attacks on every example and the hypocritical attack (and
     targeted attacks, if asked) on the misclassified ones only: on D+ the hypocritical indicator is 1
     by definition (x itself is a witness), so attacking them would not change any metric.
+
+    Two rules, by ``spec.early_stop``: None (today's) takes each attack's final iterate as the witness; an
+    integer stops each example once it is decided, every visited point a witness (``hyporay.witnesses``:
+    every risk >= today's on the same model and generator, fewer passes).
     """
+    if spec.early_stop is not None:
+        with frozen_eval(model):
+            w = until_decided(model, x, y, spec, _target_labels(targeted, num_classes), generator)
+        return PerExample(y=y.cpu(), clean_pred=w["clean_pred"].cpu(), adv_success=w["adv"].cpu(),
+                          hyp_success=w["hyp"].cpu(), sta_success=w["sta"].cpu(),
+                          targeted={t: v.cpu() for t, v in w["targeted"].items()},
+                          clean_logits=w["clean_logits"].cpu())
     with frozen_eval(model):
         clean_logits = _logits(model, x)
         clean_pred = clean_logits.argmax(1)

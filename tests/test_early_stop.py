@@ -58,6 +58,10 @@ def test_fat_rule_stops_tau_steps_after_the_first_success_by_hand():
     assert res.passes.tolist() == [5 + 5, 3 + 3, 2 + 2, 6 + 5]
     late = pgd(Threshold(), X, Y, early_stop=4, **HAND)  # τ past the budget: stops at the last iterate
     assert _close(late.x, [0.55, 0.75, 0.9, 0.35])
+    kw = {k: v for k, v in HAND.items() if k != "return_result"}
+    with passes.counting() as spent:  # no result asked: the last iterate is returned unread (no forward there)
+        assert torch.equal(pgd(Threshold(), X, Y, early_stop=1, **kw), res.x)
+    assert (spent.forward, spent.backward) == (5 + 3 + 2 + 5, 5 + 3 + 2 + 5)
 
 
 def test_no_early_stop_is_todays_attack_and_reports_the_same_first_success():
@@ -145,3 +149,23 @@ def test_pass_counter_counts_every_forward_and_backward(naive_mlp, batch):
     assert outer.total == outer.forward + outer.backward
     passes.add(forward=5)  # no counter open: nothing happens
     assert outer.forward == k * n + 4 * (k + 1) * n
+
+
+@pytest.mark.parametrize("norm,objective", list(itertools.product(NORMS, OBJS)))
+def test_apgd_early_stop_invariants(bn_cnn, naive_mlp, batch, norm, objective):
+    """APGD with early stop: in the ball and [0,1], modes restored, eps = 0 changes nothing; its iterates are those
+    without early stop up to the stop (same first successes), so it succeeds wherever APGD does, for fewer passes;
+    the never-broken examples get APGD's own best point."""
+    x, y = batch
+    kw = _kw(norm, objective, y, score="ce" if objective == "stability" else "margin")
+    kw.pop("step_size")
+    out = run_on_a_training_model(bn_cnn, lambda: apgd(bn_cnn, x, y, early_stop=0, **kw))
+    assert_in_ball_and_box(out, x, EPS[norm], norm)
+    assert torch.equal(apgd(naive_mlp, x, y, early_stop=0, **{**kw, "eps": 0.0}), x)
+    run = dict(kw, random_start="uniform", restarts=2, return_result=True)
+    full = apgd(naive_mlp, x, y, generator=torch.Generator().manual_seed(4), **run)
+    stop = apgd(naive_mlp, x, y, generator=torch.Generator().manual_seed(4), early_stop=0, **run)
+    assert torch.equal(stop.first_success, full.first_success) and torch.equal(stop.restart, full.restart)
+    assert torch.equal(stop.success, stop.first_success >= 0) and torch.equal(stop.success, full.success)
+    assert torch.equal(stop.x[~stop.success], full.x[~full.success])
+    assert stop.passes.sum() < full.passes.sum()

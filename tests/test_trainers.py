@@ -1,6 +1,8 @@
 """The training loop and the NT / PGD-AT / TRADES / THRM losses."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -209,3 +211,23 @@ def test_unknown_trainer_lists_known(digits):
     known = "fat, gairat, natural, pgd_at, randnoise, thrm, trades"
     with pytest.raises(ValueError, match=f"^trainer: unknown 'madry'; known: {known}$"):
         Trainer(_model(digits), loss="madry", attack=ATTACK)
+
+
+@pytest.mark.parametrize("loss", ["pgd_at", "trades", "thrm"])
+def test_training_passes_are_counted_and_the_early_stopped_attack_spends_fewer(digits, loss):
+    """Per training image and epoch: the inner attack's K forward + K backward (TRADES: + the clean forward that
+    fixes p(x)), and the step's forward + backward over what the loss saw (PGD-AT: x'; TRADES/THRM: x and x').
+    FAT's rule (train.attack.early_stop) leaves each example 2 steps after its first success: fewer passes (THRM's
+    correctly classified points, decided at the start, take exactly 2 steps; the last iterate is returned unread)."""
+    x, y = digits.x_train[:256], digits.y_train[:256]
+    n, k = len(y), 6
+    attack = AttackSpec(eps=0.1, steps=k)
+    full = Trainer(_model(digits), loss=loss, attack=attack, lam=1.0, batch_size=128).train_epoch(x, y)
+    per_image = {"pgd_at": 2 * k + 2, "trades": 2 * k + 1 + 4, "thrm": 2 * k + 4}[loss]
+    assert full["train_passes"] == full["train_passes_epoch"] == per_image * n
+    fat = Trainer(_model(digits), loss=loss, attack=dataclasses.replace(attack, early_stop=2), lam=1.0,
+                  batch_size=128)
+    first = fat.train_epoch(x, y)
+    second = fat.train_epoch(x, y)
+    assert second["train_passes"] == fat.passes == first["train_passes_epoch"] + second["train_passes_epoch"]
+    assert second["train_passes_epoch"] < per_image * n

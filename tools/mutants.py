@@ -66,8 +66,8 @@ def _m(name, path, old, new, tests, k=None):
 
 OBJ, PGD, THR, LOSS, MET = ("hyporay/attacks/objectives.py", "hyporay/attacks/pgd.py", "hyporay/attacks/threat.py",
                             "hyporay/trainers/losses.py", "hyporay/metrics.py")
-COM = "hyporay/attacks/common.py"
-ES = "tests/test_early_stop.py"
+COM, WIT = "hyporay/attacks/common.py", "hyporay/witnesses.py"
+ES, DE = "tests/test_early_stop.py", "tests/test_decided_eval.py"
 AUA, AUM = "hyporay/audit/attack_checks.py", "hyporay/audit/model_checks.py"
 
 NAMED: list[Mutation] = [
@@ -113,22 +113,31 @@ NAMED: list[Mutation] = [
     _m("auto start: stability sigma 0.01", COM, '"stability": ("gaussian", 0.001)',
        '"stability": ("gaussian", 0.01)', [A], "auto_random_start"),
     _m("random start ignored", COM, 'if kind == "none" or eps == 0:', "if True:", [A]),
-    # --- early stop (pgd(early_stop=τ)) ------------------------------------------------------------------------
-    _m("early stop ignores tau", PGD, "stop = (first >= 0) & (k - first >= tau)", "stop = first >= 0", [ES]),
-    _m("early stop counts from the latest success", PGD,
-       "first = torch.where(succ & (first < 0), torch.full_like(first, k), first)",
-       "first = torch.where(succ, torch.full_like(first, k), first)", [ES]),
-    _m("early stop: never-broken examples keep the last point", PGD,
-       "take = ~fb_seen[idx] | (s > fb_score[idx])", "take = torch.ones_like(s, dtype=torch.bool)", [ES]),
-    _m("early stop: restarts rerun decided examples", PGD,
-       "idx = torch.arange(n, device=dev) if r == 0 else (tally.first < 0).nonzero().flatten()",
-       "idx = torch.arange(n, device=dev)", [ES]),
-    _m("early stop: restart draws a new start per subset", PGD,
-       "x_adv = start_point(x, eps, threat, kind, sigma, generator)\n        x_adv = x_adv if r == 0 else x_adv[idx]",
-       "x_adv = start_point(xc, eps, threat, kind, sigma, generator)\n        x_adv = x_adv", [ES]),
-    _m("early stop: backward not counted", PGD, "tally.spend(idx, 0, 1)", "tally.spend(idx, 0, 0)", [ES]),
+    # --- early stop (pgd/apgd(early_stop=τ): common.StopRule) ----------------------------------------------------
+    _m("early stop ignores tau", COM, "(first >= 0) & (k - first >= self.tau)", "(first >= 0)", [ES]),
+    _m("early stop counts from the latest success", COM,
+       "first = torch.where(decided & (first < 0), torch.full_like(first, k), first)",
+       "first = torch.where(decided, torch.full_like(first, k), first)", [ES]),
+    _m("early stop: never-broken examples keep the last point", COM,
+       "take = ~self.fb_seen[idx] | better(succ, s, self.fb_succ[idx], self.fb_score[idx])",
+       "take = torch.ones_like(succ)", [ES]),
+    _m("early stop: restarts rerun decided examples", COM,
+       "return (self.todo & (self.tally.first < 0)).nonzero().flatten()", "return self.todo.nonzero().flatten()",
+       [ES]),
+    _m("early stop: restart draws a new start per subset", PGD, "xc, x_adv, yc = x[idx], x_start[idx], y[idx]",
+       "xc, x_adv, yc = x[idx], start_point(x[idx], eps, threat, kind, sigma, generator), y[idx]", [ES]),
+    _m("early stop: backward not counted", PGD, "rule.tally.spend(idx, 0, 1)", "rule.tally.spend(idx, 0, 0)", [ES]),
     _m("early stop: step skipped", PGD, "x_adv = project(threat.step(x_now.clone(), grad, step_size, generator))",
        "x_adv = project(x_now.clone())", [ES]),
+    # --- evaluation that stops once decided (hyporay/witnesses.py) ---------------------------------------------
+    _m("decided rule: hypocritical witness reversed", WIT, "hyp[full] |= pred == y[full]",
+       "hyp[full] |= pred != y[full]", [DE]),
+    _m("decided rule: targeted witnesses not awaited", WIT, "            u |= counts[t][rows] & ~tgt[t][rows]\n",
+       "            pass\n", [DE]),
+    _m("decided rule: attacks draw from the running generator", WIT, "states.append(_fork(generator))",
+       "states.append(generator)", [DE]),
+    _m("decided rule: stability against y instead of f(x)", WIT, "sta[full] |= pred != clean_pred[full]",
+       "sta[full] |= pred != y[full]", [DE]),
     # --- threat models: step, projection, random start -------------------------------------------------------
     _m("linf step reversed", THR, "return x_adv.add_(grad.sign_(), alpha=step_size)",
        "return x_adv.add_(grad.sign_(), alpha=-step_size)", [A]),

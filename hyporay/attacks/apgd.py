@@ -29,7 +29,8 @@ from torch import Tensor, nn
 
 from hyporay.attacks.context import frozen_eval
 from hyporay import passes
-from hyporay.attacks.common import check_attack_args, merge_best, prepare_attack, start_point
+from hyporay.attacks.common import (Decided, StopRule, Tally, check_active, check_attack_args, check_early_stop,
+                                    merge_best, prepare_attack, prepare_clean, start_point, unmoved)
 from hyporay.attacks.threat import THREAT_MODELS
 
 #: APGD's constants (paper and authors' code)
@@ -62,7 +63,11 @@ def apgd(
     rho: float = RHO,
     momentum: float = ALPHA,
     generator: torch.Generator | None = None,
-) -> Tensor:
+    early_stop: int | None = None,
+    return_result: bool = False,
+    active: Tensor | None = None,
+    decided: Decided | None = None,
+):
     """Auto-PGD inside an ε-ball; returns per example the best point found.
 
     Args:
@@ -86,90 +91,132 @@ def apgd(
         rho: share of improving steps below which a checkpoint halves the step (0.75).
         momentum: α of the momentum step (0.75).
         generator: optional ``torch.Generator`` for reproducible random starts.
+        early_stop, return_result, active, decided: as in ``pgd``. With early stop the visited points are
+            x_0 .. x_N of each restart; an example leaves the batch τ steps after its first successful (or
+            ``decided``-accepted) point, which (τ = 0) is returned; where none was, the best visited point.
+            Up to its stop an example's iterates are those without early stop (its step size, momentum and
+            checkpoints are its own), so τ = 0 succeeds wherever ``early_stop=None`` does.
 
     Returns:
-        x' (detached), same shape/dtype as x, with ||x' - x|| <= eps and x' in [0,1].
+        x' (detached), same shape/dtype as x, with ||x' - x|| <= eps and x' in [0,1]; or an ``AttackResult``
+        holding it (``return_result``).
     """
     kind = check_attack_args(eps=eps, step_size=None, steps=steps, norm=norm, objective=objective,
                              random_start=random_start, sigma=sigma, restarts=restarts)
     for name, value in (("rho", rho), ("momentum", momentum)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             raise ValueError(f"{name}: must be a number in [0, 1], got {value!r}")
+    tau = check_early_stop(early_stop)
+    check_active(active, len(x))
+    if tau is None and (active is not None or decided is not None):
+        raise ValueError("active, decided: need early_stop (an integer >= 0)")
     obj, kind, sigma = prepare_attack(x, y, objective, score, target, kind, sigma)
     threat = THREAT_MODELS[norm]
     eps = float(eps)
     x = x.detach()
     if eps == 0:
-        return x.clone()
-    project = threat.projector(x, eps)
+        return unmoved(model, obj, x, y, target, steps, active) if return_result else x.clone()
     marks = set(checkpoints(steps))
     shape = (-1,) + (1,) * (x.dim() - 1)
+    rule = None if tau is None else StopRule(x, tau=tau, keep_best=True, steps=steps, active=active,
+                                             decided=decided)
+    tally = rule.tally if rule is not None else Tally(len(x), x.device) if return_result else None
 
-    def evaluate(z: Tensor, need_grad: bool):
-        if not need_grad:
-            with torch.no_grad():
-                logits = model(z)
-                passes.add(forward=len(z))
-                return logits, obj.score(logits, y, target).detach(), None
+    def forward(oc, z: Tensor, yc: Tensor, tc: Tensor | None, need_grad: bool):
         with torch.enable_grad():  # also when the caller is inside torch.no_grad()
-            z = z.detach().requires_grad_(True)
+            z = z.detach().requires_grad_(need_grad)
             logits = model(z)
-            s = obj.score(logits, y, target)
-            (g,) = torch.autograd.grad(s.sum(), z)
-        passes.add(forward=len(z), backward=len(z))
-        return logits.detach(), s.detach(), g
+            return logits.detach(), oc.score(logits, yc, tc), z
+
+    def gradient(s: Tensor, z: Tensor, idx: Tensor | None) -> Tensor:
+        (g,) = torch.autograd.grad(s.sum(), z)
+        if tally is not None:
+            tally.spend(idx, 0, 1)
+        else:
+            passes.add(backward=len(z))
+        return g
 
     def direction(g: Tensor) -> Tensor:
         # the threat model's unit ascent step from 0: sign(g) for l_inf, g/||g||_2 for l_2
         return threat.step(torch.zeros_like(g), g.clone(), 1.0, generator)
 
+    best = best_succ = best_score = None
     with frozen_eval(model):
         if objective == "stability":
-            with torch.no_grad():
-                obj.prepare(model(x))
-            passes.add(forward=len(x))
-        best = best_succ = best_score = None
-        for _ in range(restarts):
-            x_k = start_point(x, eps, threat, kind, sigma, generator)
-            logits, f_k, grad = evaluate(x_k, need_grad=True)
-            best, best_succ, best_score = merge_best(best, best_succ, best_score, x_k,
-                                                 obj.success(logits, y, target), f_k)
-            # the point with the highest score so far: where a halving restarts from
-            x_max, f_max, g_max = x_k.clone(), f_k.clone(), grad.clone()
-            eta = torch.full((len(x),), 2 * eps, dtype=x.dtype, device=x.device)
-            x_prev = x_k.clone()
-            increases = torch.zeros(len(x), dtype=torch.long, device=x.device)
-            last_mark, f_max_at_mark = 0, f_max.clone()
-            halved_at_mark = torch.ones(len(x), dtype=torch.bool, device=x.device)
-            for k in range(steps):
-                with torch.no_grad():
-                    a = 1.0 if k == 0 else momentum
-                    z = project(x_k + eta.view(shape) * direction(grad))
-                    x_next = project(x_k + a * (z - x_k) + (1 - a) * (x_k - x_prev))
-                x_prev, x_k = x_k, x_next
-                logits, f_next, grad = evaluate(x_k, need_grad=k < steps - 1)
-                best, best_succ, best_score = merge_best(best, best_succ, best_score, x_k,
-                                                     obj.success(logits, y, target), f_next)
-                increases += (f_next > f_k).long()
-                f_k = f_next
-                up = f_k > f_max
-                if grad is not None:
-                    g_max = torch.where(up.view(shape), grad, g_max)
-                x_max = torch.where(up.view(shape), x_k, x_max)
-                f_max = torch.where(up, f_k, f_max)
-                if k + 1 not in marks:
+            prepare_clean(model, obj, x, active)
+        for r in range(restarts):
+            # drawn for the whole batch, with or without early stop: an example's start never depends on others
+            x_start = start_point(x, eps, threat, kind, sigma, generator)
+            idx, xc, x_k, yc, tc, oc = None, x, x_start, y, target, obj
+            if rule is not None:
+                idx = rule.rows(r)
+                if not idx.numel():
                     continue
-                # a checkpoint after k + 1 iterations
-                span = k + 1 - last_mark
-                cond_a = increases.double() < rho * span
-                cond_b = ~halved_at_mark & (f_max <= f_max_at_mark)
-                halve = cond_a | cond_b
-                eta = torch.where(halve, eta / 2, eta)
-                h = halve.view(shape)
-                x_k = torch.where(h, x_max, x_k)
-                x_prev = torch.where(h, x_max, x_prev)  # no momentum into a restart from the best point
-                grad = torch.where(h, g_max, grad)
-                f_k = torch.where(halve, f_max, f_k)
-                halved_at_mark, f_max_at_mark, last_mark = halve, f_max.clone(), k + 1
-                increases.zero_()
-    return best
+                xc, x_k, yc, tc, oc = x[idx], x_start[idx], y[idx], None if target is None else target[idx], \
+                    obj.subset(idx)
+                first = rule.fresh(idx)
+            project = threat.projector(xc, eps)
+            for k in range(steps + 1):  # the visited point x_k; x_0 is the start
+                if k > 0:
+                    with torch.no_grad():
+                        a = 1.0 if k == 1 else momentum
+                        z = project(x_k + eta.view(shape) * direction(grad))
+                        x_next = project(x_k + a * (z - x_k) + (1 - a) * (x_k - x_prev))
+                    x_prev, x_k = x_k, x_next
+                need = k < steps
+                logits, s, zg = forward(oc, x_k, yc, tc, need)
+                f_new, succ = s.detach(), oc.success(logits, yc, tc)
+                go = None
+                if rule is None:
+                    if tally is not None:
+                        tally.spend(None, 1, 0)
+                        tally.visit(None, succ, k, r)
+                    else:
+                        passes.add(forward=len(x_k))
+                    best, best_succ, best_score = merge_best(best, best_succ, best_score, x_k, succ, f_new)
+                else:
+                    first, go = rule.visit(idx, first, k, r, not need, x_k, logits, f_new, succ)
+                    if not need or not bool(go.any()):
+                        break
+                grad = gradient(s, zg, idx) if need else None
+                if k == 0:
+                    f_k = f_new
+                    # the point with the highest score so far: where a halving restarts from
+                    x_max, f_max, g_max = x_k.clone(), f_k.clone(), grad.clone()
+                    eta = torch.full((len(x_k),), 2 * eps, dtype=x.dtype, device=x.device)
+                    x_prev = x_k.clone()
+                    increases = torch.zeros(len(x_k), dtype=torch.long, device=x.device)
+                    last_mark, f_max_at_mark = 0, f_max.clone()
+                    halved_at_mark = torch.ones(len(x_k), dtype=torch.bool, device=x.device)
+                else:
+                    increases += (f_new > f_k).long()
+                    f_k = f_new
+                    up = f_k > f_max
+                    if grad is not None:
+                        g_max = torch.where(up.view(shape), grad, g_max)
+                    x_max = torch.where(up.view(shape), x_k, x_max)
+                    f_max = torch.where(up, f_k, f_max)
+                    if k in marks:  # a checkpoint after k iterations
+                        span = k - last_mark
+                        cond_a = increases.double() < rho * span
+                        cond_b = ~halved_at_mark & (f_max <= f_max_at_mark)
+                        halve = cond_a | cond_b
+                        eta = torch.where(halve, eta / 2, eta)
+                        h = halve.view(shape)
+                        x_k = torch.where(h, x_max, x_k)
+                        x_prev = torch.where(h, x_max, x_prev)  # no momentum into a restart from the best point
+                        grad = torch.where(h, g_max, grad)
+                        f_k = torch.where(halve, f_max, f_k)
+                        halved_at_mark, f_max_at_mark, last_mark = halve, f_max.clone(), k
+                        increases.zero_()
+                if go is not None and not bool(go.all()):  # early stop: the batch shrinks to who goes on
+                    idx, xc, yc, first, x_k, x_prev, f_k, grad, x_max, f_max, g_max, eta, increases, \
+                        f_max_at_mark, halved_at_mark = (t[go] for t in (
+                            idx, xc, yc, first, x_k, x_prev, f_k, grad, x_max, f_max, g_max, eta, increases,
+                            f_max_at_mark, halved_at_mark))
+                    tc = None if tc is None else tc[go]
+                    oc, project = obj.subset(idx), threat.projector(xc, eps)
+    if rule is not None:
+        x_out, info = rule.finish()
+        return info if return_result else x_out
+    return tally.result(best, best_succ, steps) if return_result else best

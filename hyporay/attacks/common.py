@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from hyporay import passes
+from hyporay.attacks.context import frozen_eval
 from hyporay.attacks.objectives import OBJECTIVES, Objective, make_objective
 from hyporay.attacks.threat import THREAT_MODELS, ThreatModel
 
@@ -167,3 +170,151 @@ class AttackResult:
         k = self.first_success.clone()
         k[k < 0] = self.steps
         return k.clamp_(max=self.steps)
+
+
+class Tally:
+    """Per-example bookkeeping behind ``AttackResult``: first successful step, its restart, passes spent."""
+
+    def __init__(self, n: int, device) -> None:
+        self.first = torch.full((n,), -1, dtype=torch.long, device=device)
+        self.restart = torch.full((n,), -1, dtype=torch.long, device=device)
+        self.passes = torch.zeros(n, dtype=torch.long, device=device)
+
+    def visit(self, idx: Tensor | None, succ: Tensor, k: int, r: int) -> None:
+        """Record a visited point: step ``k`` of restart ``r`` for examples ``idx`` (None: all) with ``succ``."""
+        rows = torch.arange(len(self.first), device=succ.device) if idx is None else idx
+        new = rows[succ & (self.first[rows] < 0)]
+        self.first[new] = k
+        self.restart[new] = r
+
+    def spend(self, idx: Tensor | None, forward: int, backward: int) -> None:
+        """Record passes on examples ``idx`` (None: all), here and in ``hyporay.passes``."""
+        n = len(self.first) if idx is None else len(idx)
+        passes.add(forward=forward * n, backward=backward * n)
+        if idx is None:
+            self.passes += forward + backward
+        else:
+            self.passes[idx] += forward + backward
+
+    def result(self, x: Tensor, success: Tensor, steps: int) -> AttackResult:
+        return AttackResult(x=x, success=success, first_success=self.first, restart=self.restart,
+                            passes=self.passes, steps=steps)
+
+
+#: ``decided(idx, logits) -> bool mask``: whether the visited points of examples ``idx`` (indices into the batch)
+#: with these logits decide them (the attack may stop there); the default is the objective's success test
+Decided = Callable[[Tensor, Tensor], Tensor]
+
+
+def check_active(active: Tensor | None, n: int) -> Tensor | None:
+    """``active``: None (every example) or a bool tensor of shape N; ``ValueError`` naming the field otherwise."""
+    if active is not None and (active.dtype != torch.bool or tuple(active.shape) != (n,)):
+        raise ValueError(f"active: must be a bool tensor of shape ({n},), got {active.dtype} "
+                         f"{tuple(active.shape)}")
+    return active
+
+
+def prepare_clean(model, obj: Objective, x: Tensor, active: Tensor | None) -> None:
+    """Hand the objective its clean logits (eval mode, no grad), computed for the ``active`` examples only."""
+    rows = None if active is None else active.nonzero().flatten()
+    with torch.no_grad():
+        part = model(x if rows is None else x[rows])
+    passes.add(forward=len(part))
+    if rows is not None:
+        full = part.new_zeros((len(x),) + tuple(part.shape[1:]))
+        full[rows] = part
+        part = full
+    obj.prepare(part)
+
+
+class StopRule:
+    """The per-example early stop both methods share (``early_stop=τ``; see ``pgd``).
+
+    The method calls ``rows(r)`` at each restart for the examples to attack, ``visit`` at every visited point
+    of those still in the batch (it returns which continue), and ``finish`` for (x', ``AttackResult``).
+    """
+
+    def __init__(self, x: Tensor, *, tau: int, keep_best: bool, steps: int, active: Tensor | None = None,
+                 decided: Decided | None = None) -> None:
+        n, dev = len(x), x.device
+        self.tau, self.keep_best, self.steps, self.decided = tau, keep_best, steps, decided
+        self.todo = torch.ones(n, dtype=torch.bool, device=dev) if active is None else active
+        self.tally = Tally(n, dev)
+        self.out, self.out_succ = x.clone(), torch.zeros(n, dtype=torch.bool, device=dev)
+        # where no restart succeeds: the best visited point (keep_best) or the last iterates, higher score
+        self.fb, self.fb_score = x.clone(), torch.full((n,), float("-inf"), device=dev)
+        self.fb_seen = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.fb_succ = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.left = torch.zeros(n, dtype=torch.bool, device=dev)  # left at x_K unchecked (``leave``)
+
+    def rows(self, r: int) -> Tensor:
+        """The examples restart ``r`` attacks: the active ones no earlier restart decided."""
+        return (self.todo & (self.tally.first < 0)).nonzero().flatten()
+
+    def fresh(self, idx: Tensor) -> Tensor:
+        return torch.full((len(idx),), -1, dtype=torch.long, device=idx.device)
+
+    def visit(self, idx: Tensor, first: Tensor, k: int, r: int, last: bool, x_now: Tensor, logits: Tensor,
+              score: Tensor, succ: Tensor) -> tuple[Tensor, Tensor]:
+        """Visited point ``k`` of restart ``r`` of examples ``idx`` (one forward each); returns the updated
+        first-decided steps and the mask of examples that go on."""
+        decided = succ if self.decided is None else self.decided(idx, logits)
+        self.tally.spend(idx, 1, 0)
+        self.tally.visit(idx, decided, k, r)
+        first = torch.where(decided & (first < 0), torch.full_like(first, k), first)
+        if self.keep_best or last:
+            miss = first < 0
+            self._fallback(idx[miss], x_now[miss], score[miss], succ[miss])
+        stop = torch.ones_like(decided) if last else (first >= 0) & (k - first >= self.tau)
+        done = stop & (first >= 0)
+        rows = idx[done]
+        self.out[rows], self.out_succ[rows] = x_now[done], succ[done]
+        return first, ~stop
+
+    def leave(self, idx: Tensor, x_now: Tensor) -> None:
+        """Examples ``idx`` leave at their last iterate without a forward there (its success is not read): where
+        nothing but that point would be returned (FAT's rule, one restart, no result asked for)."""
+        self.out[idx] = x_now
+        self.left[idx] = True
+
+    def _fallback(self, idx: Tensor, z: Tensor, s: Tensor, succ: Tensor) -> None:
+        s = s.to(self.fb_score.dtype)
+        take = ~self.fb_seen[idx] | better(succ, s, self.fb_succ[idx], self.fb_score[idx])
+        rows = idx[take]
+        self.fb[rows], self.fb_score[rows], self.fb_succ[rows] = z[take], s[take], succ[take]
+        self.fb_seen[rows] = True
+
+    def finish(self) -> tuple[Tensor, AttackResult]:
+        never = self.todo & (self.tally.first < 0) & ~self.left
+        self.out[never], self.out_succ[never] = self.fb[never], self.fb_succ[never]
+        return self.out, self.tally.result(self.out, self.out_succ, self.steps)
+
+
+def unmoved(model, obj: Objective, x: Tensor, y: Tensor, target: Tensor | None, steps: int,
+             active: Tensor | None) -> AttackResult:
+    """``return_result`` at eps = 0: x itself, with its success read from one forward (of the active examples)."""
+    tally = Tally(len(x), x.device)
+    rows = torch.arange(len(x), device=x.device) if active is None else active.nonzero().flatten()
+    succ = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    with frozen_eval(model), torch.no_grad():
+        logits = model(x[rows])
+        tally.spend(rows, 1, 0)
+        if obj.name == "stability":
+            obj.prepare(logits)
+        succ[rows] = obj.success(logits, y[rows], None if target is None else target[rows])
+    tally.visit(rows, succ[rows], 0, 0)
+    return tally.result(x.clone(), succ, steps)
+
+
+def skip_starts(x: Tensor, *, eps: float, norm: str, objective: str, random_start: str | bool | None,
+                restarts: int, generator: torch.Generator | None, sigma: float | None = None) -> None:
+    """Advance ``generator`` exactly as ``pgd`` or ``apgd`` on the batch ``x`` with these settings would: each
+    draws one start per restart for the whole batch, and nothing else (no model call, no pass)."""
+    kind = check_attack_args(eps=eps, step_size=None, steps=1, norm=norm, objective=objective,
+                             random_start=random_start, sigma=sigma, restarts=restarts)
+    if kind == "auto":
+        kind, auto_sigma = AUTO_START[objective]
+        sigma = sigma if sigma is not None else auto_sigma
+    sigma = 0.01 if sigma is None else float(sigma)
+    for _ in range(restarts):
+        start_point(x, float(eps), THREAT_MODELS[norm], kind, sigma, generator)

@@ -13,10 +13,10 @@ import torch
 from torch import Tensor, nn
 
 from hyporay import passes
-from hyporay.attacks.common import (AttackResult, better, check_attack_args, check_early_stop, merge_best,
-                                    prepare_attack, start_point)
+from hyporay.attacks.common import (AttackResult, Decided, StopRule, Tally, check_active, check_attack_args,
+                                    check_early_stop, merge_best, prepare_attack, prepare_clean, start_point,
+                                    unmoved)
 from hyporay.attacks.context import frozen_eval
-from hyporay.attacks.objectives import Objective
 from hyporay.attacks.threat import THREAT_MODELS, ThreatModel
 
 
@@ -39,6 +39,8 @@ def pgd(
     score: str = "ce",
     early_stop: int | None = None,
     return_result: bool = False,
+    active: Tensor | None = None,
+    decided: Decided | None = None,
 ) -> Tensor | AttackResult:
     """Projected gradient descent/ascent inside an ε-ball; returns the perturbed batch x'.
 
@@ -86,6 +88,13 @@ def pgd(
         return_result: return an ``AttackResult`` (x', per-example success, first successful step, restart,
             passes spent) instead of x'. Without early stop this adds one forward on the last iterate
             when nothing else needs it.
+        active: with early stop only: a bool mask (shape N) of the examples to attack; the others are returned
+            as x and cost nothing. Random starts are still drawn for the whole batch, so an example's
+            trajectory (and the generator's state afterwards) does not depend on which others are attacked.
+        decided: with early stop only: ``decided(idx, logits) -> bool mask``, called at every visited point of
+            the examples ``idx`` (indices into the batch) still in it; an example stops τ steps after the first
+            point it accepts (default: the objective's success test). ``first_success`` then records that
+            point; where none was accepted, the best visited point is returned (success, then score).
 
     Returns:
         x' (detached), same shape/dtype as x, with ||x' - x|| <= eps and x' in [0,1] after every step;
@@ -102,72 +111,34 @@ def pgd(
     kind = check_attack_args(eps=eps, step_size=step_size, steps=steps, norm=norm, objective=objective,
                              random_start=random_start, sigma=sigma, restarts=restarts)
     tau = check_early_stop(early_stop)
+    check_active(active, len(x))
+    if tau is None and (active is not None or decided is not None):
+        raise ValueError("active, decided: need early_stop (an integer >= 0)")
     obj, kind, sigma = prepare_attack(x, y, objective, score, target, kind, sigma)
     threat = THREAT_MODELS[norm]
     eps = float(eps)
     step_size = eps / 4 if step_size is None else float(step_size)
     x = x.detach()
     if eps == 0:
-        return _unmoved(model, obj, x, y, target, steps) if return_result else x.clone()
-    run = _every_step if tau is None else _stop_early
+        return unmoved(model, obj, x, y, target, steps, active) if return_result else x.clone()
+    kw = dict(threat=threat, eps=eps, step_size=step_size, steps=steps, kind=kind, sigma=sigma, restarts=restarts,
+              best_iterate=best_iterate, generator=generator, tau=tau, want=return_result)
     with frozen_eval(model):
         if objective == "stability":
-            with torch.no_grad():
-                obj.prepare(model(x))
-            passes.add(forward=len(x))
-        x_out, info = run(model, obj, x, y, target, threat=threat, eps=eps, step_size=step_size, steps=steps,
-                          kind=kind, sigma=sigma, restarts=restarts, best_iterate=best_iterate,
-                          generator=generator, tau=tau, want=return_result)
+            prepare_clean(model, obj, x, active)
+        if tau is None:
+            x_out, info = _every_step(model, obj, x, y, target, **kw)
+        else:
+            x_out, info = _stop_early(model, obj, x, y, target, active=active, decided=decided, **kw)
     return info if return_result else x_out
 
 
-class _Tally:
-    """Per-example bookkeeping behind ``AttackResult``: first successful step, its restart, passes spent."""
-
-    def __init__(self, n: int, device) -> None:
-        self.first = torch.full((n,), -1, dtype=torch.long, device=device)
-        self.restart = torch.full((n,), -1, dtype=torch.long, device=device)
-        self.passes = torch.zeros(n, dtype=torch.long, device=device)
-
-    def visit(self, idx: Tensor | None, succ: Tensor, k: int, r: int) -> None:
-        """Record a visited point: step ``k`` of restart ``r`` for examples ``idx`` (None: all) with ``succ``."""
-        rows = torch.arange(len(self.first), device=succ.device) if idx is None else idx
-        new = rows[succ & (self.first[rows] < 0)]
-        self.first[new] = k
-        self.restart[new] = r
-
-    def spend(self, idx: Tensor | None, forward: int, backward: int) -> None:
-        n = len(self.first) if idx is None else len(idx)
-        passes.add(forward=forward * n, backward=backward * n)
-        if idx is None:
-            self.passes += forward + backward
-        else:
-            self.passes[idx] += forward + backward
-
-    def result(self, x: Tensor, success: Tensor, steps: int) -> AttackResult:
-        return AttackResult(x=x, success=success, first_success=self.first, restart=self.restart,
-                            passes=self.passes, steps=steps)
-
-
-def _unmoved(model, obj: Objective, x: Tensor, y: Tensor, target: Tensor | None, steps: int) -> AttackResult:
-    """eps = 0: x itself, with its success read from one forward."""
-    tally = _Tally(len(x), x.device)
-    with frozen_eval(model), torch.no_grad():
-        logits = model(x)
-        tally.spend(None, 1, 0)
-        if obj.name == "stability":
-            obj.prepare(logits)
-        succ = obj.success(logits, y, target)
-    tally.visit(None, succ, 0, 0)
-    return tally.result(x.clone(), succ, steps)
-
-
 def _every_step(model, obj, x, y, target, *, threat, eps, step_size, steps, kind, sigma, restarts,
-                best_iterate, generator, tau, want):
+                best_iterate, generator, tau, want):  # noqa: ARG001  (tau: None here)
     """``early_stop=None``: all steps of all restarts for every example (the paper's rule)."""
     track = best_iterate or restarts > 1
     project = threat.projector(x, eps)
-    tally = _Tally(len(x), x.device) if want else None
+    tally = Tally(len(x), x.device) if want else None
     best = best_succ = best_score = None
     for r in range(restarts):
         x_adv = start_point(x, eps, threat, kind, sigma, generator)
@@ -203,65 +174,44 @@ def _every_step(model, obj, x, y, target, *, threat, eps, step_size, steps, kind
 
 
 def _stop_early(model, obj, x, y, target, *, threat, eps, step_size, steps, kind, sigma, restarts,
-                best_iterate, generator, tau, want):
+                best_iterate, generator, tau, want, active, decided):
     """``early_stop=τ``: each example stops τ steps after its first success; the batch shrinks (see ``pgd``)."""
-    n, dev = len(x), x.device
-    shape = (-1,) + (1,) * (x.dim() - 1)
-    tally = _Tally(n, dev)
-    out, out_succ = x.clone(), torch.zeros(n, dtype=torch.bool, device=dev)
-    # where no restart succeeds: the best visited point (τ = 0 or best_iterate) or the last iterates by score
-    keep_best = tau == 0 or best_iterate
-    fb, fb_score = x.clone(), torch.full((n,), float("-inf"), device=dev)
-    fb_seen = torch.zeros(n, dtype=torch.bool, device=dev)
-
-    def fallback(idx: Tensor, z: Tensor, s: Tensor) -> None:
-        take = ~fb_seen[idx] | (s > fb_score[idx])
-        rows = idx[take]
-        fb[rows], fb_score[rows] = z[take], s[take]
-        fb_seen[rows] = True
-
+    rule = StopRule(x, tau=tau, keep_best=tau == 0 or best_iterate, steps=steps, active=active, decided=decided)
+    # FAT's rule in training: the last iterate is returned whatever it holds, so it needs no forward
+    unread_end = tau >= 1 and not best_iterate and restarts == 1 and not want and decided is None
     for r in range(restarts):
-        idx = torch.arange(n, device=dev) if r == 0 else (tally.first < 0).nonzero().flatten()
+        # drawn for the whole batch, as without early stop: an example's start does not depend on the others
+        x_start = start_point(x, eps, threat, kind, sigma, generator)
+        idx = rule.rows(r)
         if not idx.numel():
-            break
-        xc = x if r == 0 else x[idx]
-        # drawn for the whole batch, as without early stop, so every restart sees the same start
-        x_adv = start_point(x, eps, threat, kind, sigma, generator)
-        x_adv = x_adv if r == 0 else x_adv[idx]
-        yc, tc, oc = y[idx], None if target is None else target[idx], obj.subset(idx)
+            continue
+        xc, x_adv, yc = x[idx], x_start[idx], y[idx]
+        tc, oc = None if target is None else target[idx], obj.subset(idx)
         project = threat.projector(xc, eps)
-        first = torch.full((len(idx),), -1, dtype=torch.long, device=dev)
+        first = rule.fresh(idx)
         for k in range(steps + 1):
             last = k == steps
+            if last and unread_end:
+                rule.leave(idx, x_adv)
+                break
             with torch.enable_grad():
                 x_adv.requires_grad_(not last)
                 logits = model(x_adv)
                 score = oc.score(logits, yc, tc)
-            succ = oc.success(logits, yc, tc)
-            tally.spend(idx, 1, 0)
-            tally.visit(idx, succ, k, r)
-            first = torch.where(succ & (first < 0), torch.full_like(first, k), first)
-            x_now, s_now = x_adv.detach(), score.detach()
-            if keep_best or last:
-                miss = first < 0
-                fallback(idx[miss], x_now[miss], s_now[miss])
-            stop = (first >= 0) & (k - first >= tau) if not last else torch.ones_like(succ)
-            done = stop & (first >= 0)
-            out[idx[done]], out_succ[idx[done]] = x_now[done], succ[done]
-            go = ~stop
+            x_now = x_adv.detach()
+            first, go = rule.visit(idx, first, k, r, last, x_now, logits.detach(), score.detach(),
+                                   oc.success(logits, yc, tc))
             if last or not bool(go.any()):
                 break
             (grad,) = torch.autograd.grad(score.sum(), x_adv)
-            tally.spend(idx, 0, 1)
+            rule.tally.spend(idx, 0, 1)
             if not bool(go.all()):
                 idx, xc, yc, x_now, grad, first = idx[go], xc[go], yc[go], x_now[go], grad[go], first[go]
                 tc = None if tc is None else tc[go]
                 oc, project = obj.subset(idx), threat.projector(xc, eps)
             with torch.no_grad():
                 x_adv = project(threat.step(x_now.clone(), grad, step_size, generator))
-    never = tally.first < 0
-    out[never] = fb[never]
-    return out, tally.result(out, out_succ, steps)
+    return rule.finish()
 
 
 def fgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "linf",

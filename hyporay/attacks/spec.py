@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from hyporay.attacks import apgd as apgd_module
 from hyporay.attacks import pgd as pgd_module
-from hyporay.attacks.common import check_attack_args, check_early_stop
+from hyporay.attacks.common import Decided, check_attack_args, check_early_stop
 from hyporay.attacks.objectives import SCORES
 
 #: attack methods: "pgd" (``hyporay.attacks.pgd``) and "apgd" (``hyporay.attacks.apgd``, Croce & Hein 2020)
@@ -23,8 +23,9 @@ class AttackSpec:
     ``method`` is "pgd" or "apgd" (APGD sets its own step: 2ε, halved at checkpoints; it always keeps the
     best iterate, so ``step_size`` and ``best_iterate`` do not apply). ``score`` is "ce" or "margin" (DLR);
     it applies to the adversarial, hypocritical and targeted attacks, the stability attack always ascends KL.
-    ``early_stop`` is ``pgd``'s per-example stop rule: None (every step), 0 (leave at the first success), τ
-    (FAT: τ steps after it).
+    ``early_stop`` is the per-example stop rule of ``pgd`` and ``apgd``: None (every step), 0 (leave at the first
+    success), τ (FAT: τ steps after it). In ``hyporay.metrics.evaluate`` an integer means "stop once decided"
+    (``hyporay.witnesses``) and None today's rule (every attack's final iterate).
     """
 
     norm: str = "linf"
@@ -47,29 +48,23 @@ class AttackSpec:
         if self.score not in SCORES:
             raise ValueError(f"score: unknown {self.score!r}; allowed: {', '.join(SCORES)}")
         check_early_stop(self.early_stop)
-        if self.method == "apgd" and self.early_stop is not None:
-            raise ValueError("early_stop: method 'apgd' takes no early_stop; use null, or method 'pgd'")
 
     @property
     def alpha(self) -> float:
         return self.eps / 4 if self.step_size is None else self.step_size
 
     def run(self, model: nn.Module, x: Tensor, y: Tensor, objective: str, *, target: Tensor | None = None,
-            generator: torch.Generator | None = None, return_result: bool = False):
+            generator: torch.Generator | None = None, return_result: bool = False, active: Tensor | None = None,
+            decided: Decided | None = None):
         """Attack (x in [0,1], y int64 N) with ``objective``; returns x' in the ball and [0,1] (or, with
-        ``return_result``, an ``AttackResult`` holding it)."""
+        ``return_result``, an ``AttackResult`` holding it). ``active`` and ``decided``: as in ``pgd``."""
         score = "ce" if objective == "stability" else self.score  # stability: KL whatever the score
+        common = dict(eps=self.eps, steps=self.steps, norm=self.norm, objective=objective, target=target,
+                      random_start=self.random_start, restarts=self.restarts, generator=generator, score=score,
+                      early_stop=self.early_stop, return_result=return_result, active=active, decided=decided)
         if self.method == "apgd":
-            x_adv = apgd_module.apgd(model, x, y, eps=self.eps, steps=self.steps, norm=self.norm,
-                                     objective=objective, score=score, target=target,
-                                     random_start=self.random_start, restarts=self.restarts, generator=generator)
-            if return_result:
-                raise ValueError("return_result: method 'apgd' returns points only")
-            return x_adv
-        return pgd_module.pgd(model, x, y, eps=self.eps, step_size=self.alpha, steps=self.steps, norm=self.norm,
-                              objective=objective, target=target, random_start=self.random_start,
-                              restarts=self.restarts, best_iterate=self.best_iterate, generator=generator,
-                              score=score, early_stop=self.early_stop, return_result=return_result)
+            return apgd_module.apgd(model, x, y, **common)
+        return pgd_module.pgd(model, x, y, step_size=self.alpha, best_iterate=self.best_iterate, **common)
 
     def describe(self) -> str:
         """One line with everything a reader needs to judge the number, e.g. for table captions."""

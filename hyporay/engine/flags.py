@@ -6,7 +6,7 @@ import argparse
 import math
 from collections.abc import Callable
 
-from hyporay.cliutil import OneLineParser
+from hyporay.user_errors import OneLineParser
 
 
 class Help(argparse.ArgumentDefaultsHelpFormatter):

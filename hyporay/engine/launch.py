@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hyporay.cliutil import run_user_command
+from hyporay.user_errors import run_user_command
 from hyporay.cluster.resources import bind_loopback_if_local, shutdown_ray
 from hyporay.engine import flags
 from hyporay.engine.definition import SweepDefinition, resolve

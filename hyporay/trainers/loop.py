@@ -206,6 +206,7 @@ class Trainer:
                                generator=self.attack_gen, epochs=epochs, **(loss_options or {}))
         self.epoch = 0
         self.passes = 0  # image-passes (forward + backward, attacks included) of every epoch so far
+        self.seconds = 0.0  # wall-clock seconds of every epoch so far
         self.drop_last = bool(compile) if drop_last is None else bool(drop_last)
         self.step_model, self.compiled, self.compile_note = self.model, False, None
         if compile:
@@ -278,7 +279,8 @@ class Trainer:
         TRADES and THRM, adversarial inputs for PGD-AT. Loss and accuracy are summed on the device and read
         once, at the end of the epoch; ``epoch_seconds`` (wall clock) includes that final synchronisation.
         ``train_passes_epoch``: image-passes (forward + backward, the inner attacks' included) of this epoch;
-        ``train_passes``: of every epoch so far (kept in ``state_dict``, so a resumed run counts on).
+        ``train_passes``: of every epoch so far; ``train_seconds``: wall clock of every epoch so far (both kept in
+        ``state_dict``, so a resumed run counts on).
         """
         if self.drop_last and len(x) < self.batch_size:
             raise ValueError(f"train: drop_last (static shapes for train.compile) needs at least "
@@ -307,9 +309,12 @@ class Trainer:
         self.epoch += 1
         self.passes += spent.total
         train_loss, n_correct = float(loss_sum), int(correct)  # the epoch's one synchronisation
+        seconds = time.perf_counter() - t0
+        self.seconds += seconds
         return {"train_loss": train_loss / max(n, 1), "train_acc": n_correct / max(n, 1),
-                "epoch_seconds": time.perf_counter() - t0, "lr": self.optimizer.param_groups[0]["lr"],
-                "train_passes_epoch": float(spent.total), "train_passes": float(self.passes)}
+                "epoch_seconds": seconds, "lr": self.optimizer.param_groups[0]["lr"],
+                "train_passes_epoch": float(spent.total), "train_passes": float(self.passes),
+                "train_seconds": self.seconds}
 
     # --- exact resume -------------------------------------------------------------------------------------
 
@@ -321,7 +326,7 @@ class Trainer:
             rng["cuda"] = device_rng
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "epoch": self.epoch, "passes": self.passes, "rng": rng}
+                "epoch": self.epoch, "passes": self.passes, "seconds": self.seconds, "rng": rng}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore ``state_dict()``; RNG states may come back on any device (``torch.load(map_location=...)``)."""
@@ -332,6 +337,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state["epoch"])
         self.passes = int(state.get("passes", 0))  # 0: a checkpoint from before passes were counted
+        self.seconds = float(state.get("seconds", 0.0))
         rng = state["rng"]
         self.data_gen.set_state(rng["data"].cpu())
         self.aug_gen.set_state(rng["aug"].cpu())

@@ -6,6 +6,16 @@ when called; the inner attack runs in eval mode (the PGD engine sees to that and
 KL terms are KL(p(x) || p(x')) with ``batchmean`` reduction, gradients through both sides (the clean
 distribution is not detached), as in the official TRADES and False-Friends code.
 
+Cheaper inner attacks are ``train.attack`` settings (``AttackSpec``): fewer ``steps`` with a larger ``step_size``, and
+``early_stop=τ``, FAT's rule (Zhang et al. 2020): an example leaves the attack τ steps after its first success and
+the batch shrinks. The success test is the inner attack's own: PGD-AT misclassified (f(x') != y), TRADES prediction
+changed (f(x') != f(x)), THRM right (f(x') == y). For THRM "decided" is therefore the hypocritical indicator: a
+misclassified training point is decided once concealed (τ more steps follow), and a correctly classified one is
+decided at the start, where its indicator already holds, so it takes exactly τ steps of descent. The mistakes are
+what the hypocritical risk is about and they keep the attack until they are concealed; the correct points, whose
+indicator no attack can change, pay τ steps for the KL term instead of K. Whether that still trains as good a
+front is measured, not assumed: bench/frontier_cost.py.
+
 Passes (``hyporay.passes``): the inner attack records its own; each loss records its forward images, and the same
 number of backward passes (the training step backpropagates through every forward of the loss).
 """

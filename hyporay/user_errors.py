@@ -1,4 +1,5 @@
-"""Command-line plumbing shared by `hyporay` and the sweep scripts: one-line user errors, no tracebacks."""
+"""User errors on the command line, shared by `hyporay` and the sweep scripts: one line each (a usage error, a bad
+config or flag, a missing file), exit status 2, no traceback; anything else is a bug and keeps its traceback."""
 from __future__ import annotations
 
 import argparse
