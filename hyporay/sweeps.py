@@ -2,6 +2,8 @@
 ``hyporay.engine.run`` runs from a notebook (``SWEEPS`` by name). Light: nothing heavy is imported here."""
 from __future__ import annotations
 
+from hyporay.delusive_table import DEFENCES as DELUSIVE_DEFENCES
+from hyporay.delusive_table import SETS as DELUSIVE_SETS
 from hyporay.engine.definition import Axis, SweepDefinition
 from hyporay.engine.optuna.definition import BUDGET, PARETO, SearchDefinition
 
@@ -85,6 +87,20 @@ REPRODUCE = SweepDefinition(
     after="hyporay.paper.report:report",
 )
 
+DELUSIVE = SweepDefinition(
+    name="delusive",
+    description="001's Table 2: clean test accuracy of seven defences trained on the clean set and on 001's "
+                "delusive sets P1-P5.",
+    axes=[
+        Axis("variant.method", list(DELUSIVE_SETS), "--sets", str, "training sets: clean and 001's delusive P1-P5"),
+        Axis("train.trainer", list(DELUSIVE_DEFENCES), "--trainers", str, "defences"),
+    ],
+    frontier=False,
+    grid="hyporay.delusive_table:grid",
+    seeds={"local": 3},
+    after="hyporay.delusive_table:report",
+)
+
 SWEEPS: dict[str, SweepDefinition | SearchDefinition] = {
-    d.name: d for d in (THRM_LAMBDA, DEFENDER_EPS, ARCHITECTURES, ATTACK_STEPS, SUBSTANDARD, REPRODUCE, BUDGET,
-                        PARETO)}
+    d.name: d for d in (THRM_LAMBDA, DEFENDER_EPS, ARCHITECTURES, ATTACK_STEPS, SUBSTANDARD, REPRODUCE, DELUSIVE,
+                        BUDGET, PARETO)}
