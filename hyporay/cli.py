@@ -275,11 +275,14 @@ def _add_audit_parser(sub, fmt) -> None:
 
 def cmd_ui(args) -> int:
     """Serve the MLflow UI over a local SQLite store on 127.0.0.1 (what `make ui` runs); checks first, in one line,
-    that the store exists and the port is free."""
+    that the store exists (or is being created) and the port is free; then waits for a store being created."""
     import socket
 
+    from hyporay.tracking import sqlite
+    from hyporay.tracking.store import STORE_WAIT
+
     db = Path(args.db).resolve()
-    if not db.is_file():
+    if not db.is_file() and not sqlite.being_created(db):
         raise FileNotFoundError(f"--db: no MLflow database at {db}; run a sweep first (make run)")
     with socket.socket() as s:
         try:
@@ -287,6 +290,9 @@ def cmd_ui(args) -> int:
         except OSError:
             raise ValueError(f"--port: {args.port} on 127.0.0.1 is in use (an MLflow UI already running?); pick "
                              f"another, e.g. make ui UI_PORT={args.port + 1}") from None
+    # a sweep creating the store right now: wait until it is whole (the UI must never open a half-made store: it
+    # would migrate it a second time, and the sweep would die)
+    sqlite.wait_for_store(db, STORE_WAIT, say=lambda m: print(m, flush=True))
     cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{db}",
            "--default-artifact-root", (db.parent / "mlartifacts").as_uri(), "--host", "127.0.0.1", "--port",
            str(args.port), "--workers", "1"]

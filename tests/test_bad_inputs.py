@@ -138,7 +138,15 @@ def _cases():
         ("thrm_lambda", ["--lambdas", "x"], "--lambdas: cannot read 'x' as float"),
         ("thrm_lambda", ["--cpus-per-trial", "-1"], "--cpus-per-trial: must be > 0, got -1"),
         ("thrm_lambda", ["--cpus-per-trial", "0"], "--cpus-per-trial: must be > 0, got 0"),
-        ("thrm_lambda", ["--gpu-fraction", "0"], "--gpu-fraction: must be > 0"),
+        ("thrm_lambda", ["--gpu-fraction", "0"], "--gpu-fraction: a share of one GPU is in (0, 1]"),
+        ("thrm_lambda", ["--gpu-fraction", "2"], "--gpu-fraction: a share of one GPU is in (0, 1], e.g. 0.5 packs two "
+                                                 "trials per GPU (more per trial: --gpus-per-trial); got 2"),
+        ("thrm_lambda", ["--tracking-patience", "0"], "--tracking-patience: must be > 0"),
+        ("thrm_lambda", ["--storage-path", "/proc/hyporay-runs"], "--storage-path: cannot write Ray Tune's storage to "
+                                                                  "/proc/hyporay-runs (/proc does not take new "
+                                                                  "directories)"),
+        ("thrm_lambda", ["--storage-path", "/dev/null/runs"], "--storage-path: cannot write Ray Tune's storage to "
+                                                              "/dev/null/runs (/dev/null is not a directory)"),
         ("thrm_lambda", ["--gpus-per-trial", "-1"], "--gpus-per-trial: must be >= 0"),
         ("thrm_lambda", ["--max-failures", "-1"], "--max-failures: must be >= 0"),
         ("thrm_lambda", ["--seeds", "0"], "--seeds: must be >= 1"),

@@ -5,6 +5,7 @@ gives Tune's own output back instead."""
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable
 
@@ -55,7 +56,10 @@ def _error_line(trial) -> str:
     if "ActorDiedError" in text or "worker process has died" in text or "node has died" in text:
         return "its worker died"
     last = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return last[-1][:120] if last else "failed"
+    if not last:
+        return "failed"
+    # the exception's own line, without its qualified class name (hyporay's one-line errors read as they are)
+    return re.sub(r"^[A-Za-z_][\w.]*(Error|Exception|Unavailable): ", "", last[-1])[:240]
 
 
 class Events(Callback):
@@ -133,7 +137,7 @@ class Console(ProgressReporter):
                                       else "degenerate" if r.get(M.DEGENERATE) else "done")
         risks = "  ".join(f"{label} {_fmt(r.get(key))}" for label, key in COLUMNS if key in r)
         if trial.status == "ERROR":
-            risks = (str(getattr(trial, "error_msg", "") or "").strip().splitlines() or [""])[0][:80]
+            risks = _error_line(trial)
         return f"[{duration(time.time() - self.start):>6}] {how:<10} {name_of(trial):<34} {risks}"
 
     def progress(self, trials) -> list[str]:

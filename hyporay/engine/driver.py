@@ -14,6 +14,38 @@ from hyporay.engine.output import say
 from hyporay.engine.trials import absolute_paths
 
 
+def check_writable(storage: str, flag: str) -> None:
+    """A local storage path must be a directory this process can create and write (remote URIs are Ray's to
+    check): one line naming the flag otherwise, before anything is written."""
+    if "://" in storage:
+        return
+    from hyporay.config import ConfigError
+
+    path = Path(storage)
+    probe = path
+    while not probe.exists():  # the nearest part of the path that exists: the directories below get created
+        if probe.is_symlink():
+            raise ConfigError(f"{flag}: cannot create {storage}: {probe} is a broken symbolic link")
+        probe = probe.parent
+    why = ("is not a directory" if not probe.is_dir() else "is not writable" if not os.access(probe, os.W_OK | os.X_OK)
+           else "does not take new directories" if probe != path and _refuses_dirs(probe) else "")
+    if why:
+        raise ConfigError(f"{flag}: cannot write Ray Tune's storage to {storage} ({probe} {why}); pass a writable "
+                          "directory, or s3://bucket/prefix on a cluster")
+
+
+def _refuses_dirs(parent: Path) -> bool:
+    """Whether ``parent`` refuses a new directory (virtual file systems such as /proc tell root they are writable
+    and refuse every one): a probe directory made and removed at once."""
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".hyporay-probe-", dir=parent))
+    except OSError:
+        return True
+    return False
+
+
 class Driver:
     """Runs one plan (``plan_class(driver)``: a ``GridPlan`` or a ``StudyPlan``, chosen by the caller) through every
     step; the plan says what its trials are, who proposes them and what is published at the end."""
@@ -25,7 +57,11 @@ class Driver:
         self.tracking_uri = (args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                              or tracking.default_tracking_uri(self.workdir))
         raw = args.storage_path or os.environ.get("HYPORAY_STORAGE_PATH") or "hyporay_runs"
+        self.storage_flag = "--storage-path" if args.storage_path else "HYPORAY_STORAGE_PATH" if os.environ.get(
+            "HYPORAY_STORAGE_PATH") else "--storage-path (default hyporay_runs)"
         self.storage = raw if "://" in raw else str((self.workdir / raw).resolve())
+        if getattr(args, "tracking_patience", None):
+            tracking.set_patience(args.tracking_patience)
         self.info = None
 
     def prepare(self, quiet: bool = False):
@@ -37,6 +73,7 @@ class Driver:
         plan = self.plan_class(self)
         plan.check_inputs()  # cheap checks first: nothing starts before the inputs are known to be good
         if not self.args.dry_run:
+            check_writable(self.storage, self.storage_flag)
             tracking.check_reachable(plan.tracking_uri())
         self.profile_ref, why = plan.profile_choice()
         self.profile = profile_name(self.profile_ref)
@@ -128,6 +165,7 @@ class Driver:
 
     def meta(self, experiment_id: str, parent_id: str, tags: dict, **extra) -> dict:
         meta = {"tracking_uri": self.tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent_id,
+                "tracking_patience": tracking.patience(),
                 "tags": {"profile": self.profile, tracking.SWEEP_TAG: self.defn.name, **tags}, **extra}
         if self.args.audit:
             meta["audit"] = {}  # run_audit options (empty: the defaults of `hyporay audit`)

@@ -34,6 +34,15 @@ def positive(raw: str) -> float:
     return v
 
 
+def gpu_share(raw: str) -> float:
+    """argparse type: a share of one GPU, in (0, 1] (more GPUs per trial: --gpus-per-trial)."""
+    v = _number(raw)
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"a share of one GPU is in (0, 1], e.g. 0.5 packs two trials per GPU "
+                                         f"(more per trial: --gpus-per-trial); got {raw}")
+    return v
+
+
 def non_negative(raw: str) -> float:
     v = _number(raw)
     if v < 0:
@@ -74,10 +83,13 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--experiment", help="MLflow experiment name (default <sweep>-<profile>)")
     p.add_argument("--storage-path", help="Ray Tune storage: local dir, NFS path or s3://bucket/prefix (shared on a "
                                           "cluster; default: HYPORAY_STORAGE_PATH, else hyporay_runs)")
+    p.add_argument("--tracking-patience", type=positive, metavar="SECONDS",
+                   help="how long a trial waits for a tracking server that does not answer before it stops (--resume "
+                        "continues it; default: HYPORAY_TRACKING_PATIENCE, else 600)")
     p.add_argument("--max-failures", type=count(0), default=2, help="retries per trial, from its last checkpoint")
     p.add_argument("--cpus-per-trial", type=positive, help="CPUs per trial (default: the profile's)")
-    p.add_argument("--gpu-fraction", type=positive, help="GPU share per trial when the cluster has GPUs, e.g. 0.5 "
-                                                         "packs two trials per GPU (default: the profile's)")
+    p.add_argument("--gpu-fraction", type=gpu_share, help="GPU share per trial when the cluster has GPUs, in (0, 1]: "
+                                                          "0.5 packs two trials per GPU (default: the profile's)")
     p.add_argument("--gpus-per-trial", type=non_negative, help="force a GPU request (autoscaling clusters whose "
                                                                "GPU workers are not up yet)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local Ray on 127.0.0.1)")

@@ -189,11 +189,15 @@ class GridPlan:
             # a random suffix: two sweeps started in the same second get their own Tune directories
             self.run_dir_name = d.args.name or f"{defn.name}-{d.profile}-{stamp}-{secrets.token_hex(2)}"
             c = tracking.client(d.tracking_uri)
-            parent = tracking.retry(c.create_run, self.exp_id, run_name=self.run_dir_name, tags={
-                tracking.ROLE_TAG: "sweep", tracking.SWEEP_TAG: defn.name, "profile": d.profile,
-                **({tracking.FRONTIER_LABEL_TAG: defn.label_key} if defn.frontier else {}), **defn.tags,
-                **tracking.provenance_tags(provenance.code()),
-                provenance.CONFIG: provenance.plan_hash(self.configs())})
+            once = secrets.token_hex(8)  # finds the parent again if the answer to its create is lost in an outage
+            tags = {tracking.ROLE_TAG: "sweep", tracking.SWEEP_TAG: defn.name, "profile": d.profile,
+                    **({tracking.FRONTIER_LABEL_TAG: defn.label_key} if defn.frontier else {}), **defn.tags,
+                    **tracking.provenance_tags(provenance.code()),
+                    provenance.CONFIG: provenance.plan_hash(self.configs()), tracking.CREATE_TAG: once}
+            parent = tracking.create_once(
+                lambda: c.create_run(self.exp_id, run_name=self.run_dir_name, tags=tags),
+                lambda: next(iter(c.search_runs([self.exp_id], filter_string=f"tags.`{tracking.CREATE_TAG}` = "
+                                                f"'{once}'", max_results=1)), None))
             self.parent_id = parent.info.run_id
             self.command = command_line()
             tracking.log_params(c, self.parent_id, {

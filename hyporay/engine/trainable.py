@@ -37,6 +37,7 @@ def tune_trainable(config: dict, datasets: dict | None = None) -> None:
 
     plan, meta = config["plan"], config["meta"]
     trial, key = plan["trial"], plan["key"]
+    tracking.set_patience(meta.get("tracking_patience"))  # the driver's limit, whatever this worker's environment
     c = tracking.client(meta["tracking_uri"])
     node = ray.get_runtime_context().get_node_id()
     prov = tracking.provenance_tags(provenance.of_trial(trial))
@@ -101,6 +102,8 @@ def tune_trainable(config: dict, datasets: dict | None = None) -> None:
         tracking.mark_degenerate(c, run_id, final)
         if audit_dir is not None:
             log_audit(c, run_id, trial, audit, audit_dir, resume_dir, data)
+    except tracking.TrackingUnavailable:
+        raise  # the server is gone: the run stays RUNNING, and --resume continues it from its last checkpoint
     except BaseException:
         tracking.retry(c.set_terminated, run_id, "FAILED")
         raise

@@ -15,14 +15,19 @@ from hyporay.tracking.log import (
 )
 from hyporay.tracking.store import (
     TrackingError,
+    TrackingUnavailable,
     check_reachable,
     client,
+    create_once,
     default_artifact_location,
     default_tracking_uri,
     open_store,
+    patience,
     retry,
+    set_patience,
 )
 from hyporay.tracking.tags import (
+    CREATE_TAG,
     CURVES_TAG,
     FRONTIER_LABEL_TAG,
     PARENT_TAG,
@@ -33,8 +38,8 @@ from hyporay.tracking.tags import (
     TRIAL_KEY_TAG,
 )
 
-__all__ = ["CURVES_TAG", "FRONTIER_LABEL_TAG", "PARENT_TAG", "PARTS_TAG", "ROLE_TAG", "SWEEP_TAG", "THREAT_TAG",
-           "TRIAL_KEY_TAG", "TrackingError", "check_reachable", "client", "default_artifact_location",
-           "default_tracking_uri", "find_child", "find_or_create_child", "is_final", "log_metrics", "log_params",
-           "mark_degenerate", "mark_diverged", "note_code_change", "open_store", "provenance_tags", "retry",
-           "set_tags"]
+__all__ = ["CREATE_TAG", "CURVES_TAG", "FRONTIER_LABEL_TAG", "PARENT_TAG", "PARTS_TAG", "ROLE_TAG", "SWEEP_TAG",
+           "THREAT_TAG", "TRIAL_KEY_TAG", "TrackingError", "TrackingUnavailable", "check_reachable", "client",
+           "create_once", "default_artifact_location", "default_tracking_uri", "find_child", "find_or_create_child",
+           "is_final", "log_metrics", "log_params", "mark_degenerate", "mark_diverged", "note_code_change",
+           "open_store", "patience", "provenance_tags", "retry", "set_patience", "set_tags"]

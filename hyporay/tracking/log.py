@@ -8,7 +8,7 @@ import math
 import time
 from typing import Any
 
-from hyporay.tracking.store import retry
+from hyporay.tracking.store import create_once, retry
 from hyporay.tracking.tags import (
     DEGENERATE_TAG,
     DIVERGED_EPOCH_TAG,
@@ -54,12 +54,13 @@ def find_child(c, experiment_id: str, parent_id: str, trial_key: str):
 def find_or_create_child(c, experiment_id: str, parent_id: str, trial_key: str, run_name: str,
                          tags: dict[str, str]) -> tuple[object, bool]:
     """(the child run of ``parent_id`` for ``trial_key``, created?): the existing one, else a new one with
-    ``tags`` (one query, and one more to create it)."""
+    ``tags`` (one query, and one more to create it; never two runs, even when the create's answer is lost)."""
     found = find_child(c, experiment_id, parent_id, trial_key)
     if found is not None:
         return found, False
-    run = retry(c.create_run, experiment_id, run_name=run_name,
-                tags={PARENT_TAG: parent_id, TRIAL_KEY_TAG: trial_key, ROLE_TAG: "trial", **tags})
+    run = create_once(lambda: c.create_run(experiment_id, run_name=run_name, tags={
+        PARENT_TAG: parent_id, TRIAL_KEY_TAG: trial_key, ROLE_TAG: "trial", **tags}),
+        lambda: find_child(c, experiment_id, parent_id, trial_key))
     return run, True
 
 

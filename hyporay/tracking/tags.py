@@ -16,3 +16,4 @@ DEGENERATE_TAG = "degenerate"         # "true" on a finished trial whose model i
 MIXED_TAG = "hyporay.provenance_mixed"  # a run continued on other code than it started with: what, in order
 OPTUNA_STATE_TAG = "optuna_state"     # a study's child run: COMPLETE / PRUNED / FAIL
 OPTUNA_TRIAL_TAG = "optuna.trial_number"
+CREATE_TAG = "hyporay.create_id"      # parent runs: a random id that finds the run again if its create's answer is lost

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import time
 from dataclasses import asdict
@@ -254,8 +255,11 @@ class StudyPlan:
             if r.data.tags.get(STORAGE_TAG) == self.storage:
                 tracking.retry(c.update_run, r.info.run_id, "RUNNING")
                 return r.info.run_id, False
-        run = tracking.retry(c.create_run, self.exp_id, run_name=self.study_name, tags={
-            tracking.ROLE_TAG: ROLE_STUDY, STUDY_TAG: self.study_name, STORAGE_TAG: self.storage, **tags})
+        once = secrets.token_hex(8)  # finds the run again if the answer to its create is lost in an outage
+        run = tracking.create_once(lambda: c.create_run(self.exp_id, run_name=self.study_name, tags={
+            tracking.ROLE_TAG: ROLE_STUDY, STUDY_TAG: self.study_name, STORAGE_TAG: self.storage,
+            tracking.CREATE_TAG: once, **tags}), lambda: next(iter(c.search_runs(
+                [self.exp_id], filter_string=f"tags.`{tracking.CREATE_TAG}` = '{once}'", max_results=1)), None))
         return run.info.run_id, True
 
     def _fail_stale(self, c) -> None:
