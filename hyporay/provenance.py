@@ -1,6 +1,11 @@
-"""Where a number came from: the code (git commit, dirty tree and a hash of its diff, hyporay's version) and the
-exact trial configuration (a hash). Recorded on every MLflow run, in metrics.json and in checkpoints, so that a
-report can say which code produced it and a stale one can be told from a fresh one.
+"""Where a number came from: the code (git commit, dirty tree and a hash of its diff, hyporay's version), the
+machine that computed it (torch's version, the CPU model, the thread count) and the exact trial configuration (a
+hash). Recorded on every MLflow run, in metrics.json and in checkpoints, so that a report can say which code produced
+it and a stale one can be told from a fresh one.
+
+A trial is deterministic on one machine and build (same torch, CPU and thread count: bit for bit). Elsewhere float
+kernels differ (other vector units, other reduction orders, other thread splits) and the numbers move within the
+seed-to-seed noise (docs/data.md gives the measured figure): the machine keys say which case a comparison is.
 
 No Ray, MLflow or Optuna here; git is asked once per process (the code a process runs does not change under it).
 """
@@ -9,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -21,7 +27,11 @@ DIRTY = "hyporay.git_dirty"            # "true" / "false" / "unknown"
 DIFF = "hyporay.git_diff_sha256"       # sha256 of the uncommitted changes (tracked diff + untracked files)
 VERSION = "hyporay.version"
 CONFIG = "hyporay.config_sha256"       # ``config_hash`` of the trial
+TORCH = "hyporay.torch_version"        # torch.__version__ (its build: +cpu, +cu128, ...)
+CPU = "hyporay.cpu"                    # the CPU model (/proc/cpuinfo's model name, else platform's)
+THREADS = "hyporay.threads"            # torch's intra-op threads the trial ran with
 KEYS = (COMMIT, DIRTY, DIFF, VERSION)
+MACHINE_KEYS = (TORCH, CPU, THREADS)
 
 # Fields that say where and how a trial runs, not what it computes: left out of the config hash, so the same
 # trial hashes alike on a laptop and on a cluster node (absolute data paths, devices and threads differ there).
@@ -62,6 +72,27 @@ def code() -> dict[str, str]:
     return out | {COMMIT: commit, DIRTY: "true" if dirty else "false", DIFF: h.hexdigest() if dirty else ""}
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo; else ``platform.processor()``), or the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model Name", "cpu model", "Processor") and value.strip():
+                return " ".join(value.split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine(threads: int | None = None) -> dict[str, str]:
+    """The machine a number is computed on: ``{TORCH, CPU, THREADS}`` (strings, as MLflow tags). ``threads``: the
+    count the trial sets (its ``threads`` field); None or 0 = torch's current count in this process."""
+    import torch
+
+    return {TORCH: str(torch.__version__), CPU: cpu_model(), THREADS: str(int(threads or torch.get_num_threads()))}
+
+
 def identity(trial: dict) -> dict[str, Any]:
     """The dotted fields of a trial config that determine its numbers (``PLACEMENT_FIELDS`` left out)."""
     return {k: v for k, v in sorted(flatten(trial).items())
@@ -79,12 +110,25 @@ def plan_hash(trials: list[dict]) -> str:
 
 
 def of_trial(trial: dict) -> dict[str, str]:
-    """Provenance of one trial: the code and the config hash."""
-    return code() | {CONFIG: config_hash(trial)}
+    """Provenance of one trial: the code, the machine (with the trial's thread count) and the config hash."""
+    return code() | machine(trial.get("threads")) | {CONFIG: config_hash(trial)}
 
 
 def is_clean(prov: dict) -> bool:
     return prov.get(DIRTY) == "false" and not str(prov.get(COMMIT, "unknown")).startswith("unknown")
+
+
+def describe_machine(prov: dict) -> str:
+    """``torch 2.14.1+cpu, AMD EPYC, 1 thread`` (the keys present; "unknown machine" when none is)."""
+    parts = []
+    if prov.get(TORCH):
+        parts.append(f"torch {prov[TORCH]}")
+    if prov.get(CPU):
+        parts.append(str(prov[CPU]))
+    if prov.get(THREADS):
+        n = str(prov[THREADS])
+        parts.append(f"{n} thread{'' if n == '1' else 's'}")
+    return ", ".join(parts) or "unknown machine"
 
 
 def describe(prov: dict) -> str:

@@ -89,3 +89,18 @@ def test_profile_by_path_and_its_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text("seeds: [1,\n")
     with pytest.raises(ConfigError, match="is not valid YAML"):
         load_profile(tmp_path, str(tmp_path / "bad.yaml"))
+
+
+def test_machine_provenance_torch_cpu_threads_next_to_the_commit():
+    import torch
+
+    prov = P.of_trial(load_config({"seed": 1, "threads": 3}).model_dump())
+    assert prov[P.TORCH] == torch.__version__ and type(prov[P.TORCH]) is str and prov[P.THREADS] == "3"
+    assert prov[P.CPU] == P.cpu_model() and prov[P.CPU].strip() and "\n" not in prov[P.CPU]
+    assert prov[P.COMMIT] == P.code()[P.COMMIT]       # next to the commit, in the same record
+    # threads unset (0): the count torch runs with in this process
+    assert P.of_trial(load_config({"seed": 1}).model_dump())[P.THREADS] == str(torch.get_num_threads())
+    # the machine is not part of what a trial computes: the config hash ignores it
+    assert prov[P.CONFIG] == P.config_hash(load_config({"seed": 1, "threads": 1}).model_dump())
+    assert P.describe_machine(prov) == f"torch {torch.__version__}, {prov[P.CPU]}, 3 threads"
+    assert P.describe_machine({P.THREADS: "1"}) == "1 thread" and P.describe_machine({}) == "unknown machine"
