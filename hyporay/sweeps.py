@@ -9,13 +9,28 @@ from hyporay.engine.optuna.definition import BUDGET, PARETO, SearchDefinition
 
 VARIANTS = ["naive", "noise", "mislabeling", "poisoning", "quality"]  # the training sets of Tables 1-2
 
+
+# the axes' one vocabulary of flags (the searches use the same words)
+def trainers(values: list[str] | None, help_: str = "trainers to compare") -> Axis:
+    return Axis("train.trainer", values, "--trainers", str, help_)
+
+
+def lambdas(help_: str = "lambda grid") -> Axis:
+    return Axis("train.lam", None, "--lambdas", float, help_)
+
+
+def models(help_: str = "architectures") -> Axis:
+    return Axis("model.name", None, "--models", str, help_)
+
+
+def variants(help_: str) -> Axis:
+    return Axis("variant.name", VARIANTS, "--variants", str, help_)
+
+
 THRM_LAMBDA = SweepDefinition(
     name="thrm_lambda",
     description="TRADES vs THRM over lambda: the natural-vs-hypocritical trade-off frontier (the paper's Fig. 4).",
-    axes=[
-        Axis("train.trainer", None, "--trainers", str, "trainers to compare"),
-        Axis("train.lam", None, "--lambdas", float, "lambda grid"),
-    ],
+    axes=[trainers(None), lambdas()],
 )
 
 DEFENDER_EPS = SweepDefinition(
@@ -23,7 +38,7 @@ DEFENDER_EPS = SweepDefinition(
     description="PGD-AT, TRADES and THRM over the training eps: how the defender's budget moves the "
                 "natural-vs-hypocritical frontier.",
     axes=[
-        Axis("train.trainer", ["pgd_at", "trades", "thrm"], "--trainers", str, "trainers to compare"),
+        trainers(["pgd_at", "trades", "thrm"]),
         Axis("train.attack.eps", None, "--eps", float, "training eps grid (pixel units, e.g. 0.0314 = 8/255)"),
     ],
     # lambda of TRADES/THRM (one value: points are labelled by eps); step eps/4 for every eps (paper: 2/255)
@@ -35,10 +50,7 @@ ARCHITECTURES = SweepDefinition(
     name="architectures",
     description="Natural training vs THRM across architectures: where each model sits on the "
                 "natural-vs-hypocritical plane.",
-    axes=[
-        Axis("model.name", None, "--models", str, "architectures"),
-        Axis("train.trainer", ["natural", "thrm"], "--trainers", str, "trainers"),
-    ],
+    axes=[models(), trainers(["natural", "thrm"], "trainers")],
     defaults={"train.lam": 6},
     label_key="model.name",
 )
@@ -46,7 +58,7 @@ ARCHITECTURES = SweepDefinition(
 ATTACK_STEPS = SweepDefinition(
     name="attack_steps",
     description="Is the eval attack converged? Accuracy under attack vs PGD steps and restarts, for each trainer.",
-    axes=[Axis("train.trainer", ["natural", "pgd_at", "trades", "thrm"], "--trainers", str, "trainers")],
+    axes=[trainers(["natural", "pgd_at", "trades", "thrm"], "trainers")],
     defaults={"train.lam": 6, "eval.steps_grid": [1, 10, 100, 1000], "eval.restarts_grid": [1, 5, 10]},
     frontier=False,
     after="hyporay.analysis.reports:convergence_hook",
@@ -56,10 +68,7 @@ SUBSTANDARD = SweepDefinition(
     name="substandard",
     description="Substandard models (the paper's Tables 1-2): natural training on "
                 "Naive/Noise/Mislabeling/Poisoning/Quality sets.",
-    axes=[
-        Axis("variant.name", VARIANTS, "--variants", str, "training-set variants"),
-        Axis("model.name", None, "--models", str, "architectures"),
-    ],
+    axes=[variants("training-set variants"), models()],
     defaults={"train.trainer": "natural"},
     frontier=False,
     after="hyporay.analysis.reports:substandard_hook",
@@ -69,11 +78,8 @@ REPRODUCE = SweepDefinition(
     name="reproduce",
     description="Reproduce the paper's tables, figures and five claims in one sweep, and write a report beside its "
                 "numbers.",
-    axes=[
-        Axis("train.lam", None, "--lambdas", float, "λ grid of Fig. 4 (TRADES and THRM)"),
-        Axis("model.name", None, "--models", str, "architectures of Tables 1-2"),
-        Axis("variant.name", VARIANTS, "--variants", str, "training sets of Tables 1-2"),
-    ],
+    axes=[lambdas("λ grid of Fig. 4 (TRADES and THRM)"), models("architectures of Tables 1-2"),
+          variants("training sets of Tables 1-2")],
     frontier=False,   # the report draws Fig. 4 from its own part of the trials
     grid="hyporay.paper.grid:grid",
     options="hyporay.paper.grid:options",

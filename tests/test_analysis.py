@@ -438,3 +438,23 @@ def test_the_certified_side_of_the_bracket_reaches_table_and_csv(tmp_path):
     assert F.UPPER in F.csv_rows(pts)[0]
     plain = F.points(_table(_frontier_runs()))
     assert not F.certified(plain) and F.UPPER not in F.csv_rows(plain)[0] and "certified" not in F.table(plain)
+
+
+def test_frontier_points_carry_their_training_passes():
+    """Each point's cost: the mean over seeds of its runs' train_passes, shown in the table and the CSV only when
+    the runs counted them; the sweep's sum for its parent run."""
+    from hyporay.engine.publish import passes_spent
+
+    rows = _frontier_runs()
+    counted = _table(rows)
+    counted[M.TRAIN_PASSES] = [1000.0 * (i + 1) for i in range(len(counted))]
+    counted[M.EVAL_PASSES] = 10.0
+    pts = F.points(counted)
+    first = counted[(counted["train.trainer"] == pts[0].trainer) & (counted["train.lam"] == pts[0].label)]
+    assert pts[0].train_passes == pytest.approx(first[M.TRAIN_PASSES].mean())
+    assert F.counted(pts) and "train passes" in F.table(pts) and F.COST in F.csv_rows(pts)[0]
+    plain = F.points(_table(rows))
+    assert not F.counted(plain) and "train passes" not in F.table(plain) and F.COST not in F.csv_rows(plain)[0]
+    spent = passes_spent(counted)
+    assert spent == {"sweep_train_passes": sum(counted[M.TRAIN_PASSES]), "sweep_eval_passes": 10.0 * len(counted)}
+    assert passes_spent(_table(rows)) == {}

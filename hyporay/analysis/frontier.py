@@ -19,6 +19,7 @@ from hyporay.analysis.stats import pareto_mask
 
 X, Y = M.NATURAL_RISK, M.HYPOCRITICAL_RISK
 UPPER = M.HYPOCRITICAL_RISK_CERTIFIED_UPPER  # with eval.certify: the bracket's certified side of R_hyp(D-)
+COST = M.TRAIN_PASSES  # what a point cost: training image-passes (forward + backward, attacks included) per run
 DEFAULT_LABEL = "train.lam"
 _LABEL_SYMBOL = {"train.lam": "λ", "train.attack.eps": "ε"}
 
@@ -38,6 +39,8 @@ class FrontierPoint:
     # the certified upper bound of R_hyp(D-) (mean over seeds; NaN without eval.certify): R_hyp(D-) as found by
     # the attack is the bracket's lower side
     hypocritical_risk_certified_upper: float = float("nan")
+    # its cost: training image-passes of one run (mean over seeds; NaN where the runs did not count them)
+    train_passes: float = float("nan")
 
     @property
     def label_text(self) -> str:
@@ -74,8 +77,9 @@ def curve_rows(df: pd.DataFrame, label_key: str = DEFAULT_LABEL) -> pd.DataFrame
         label = "n/a" if label is None or (isinstance(label, float) and pd.isna(label)) else label
         for curve in r.get("curves") or (str(r.get("train.trainer")),):
             rows.append({"curve": curve, "label": label, X: float(r[X]), Y: float(r[Y]), "seed": r.get("seed"),
-                         "run_id": r.get("run_id"), UPPER: float(r.get(UPPER, float("nan")))})
-    return pd.DataFrame(rows, columns=["curve", "label", X, Y, "seed", "run_id", UPPER])
+                         "run_id": r.get("run_id"), UPPER: float(r.get(UPPER, float("nan"))),
+                         COST: float(r.get(COST, float("nan")))})
+    return pd.DataFrame(rows, columns=["curve", "label", X, Y, "seed", "run_id", UPPER, COST])
 
 
 def points(df: pd.DataFrame, label_key: str = DEFAULT_LABEL) -> list[FrontierPoint]:
@@ -85,7 +89,8 @@ def points(df: pd.DataFrame, label_key: str = DEFAULT_LABEL) -> list[FrontierPoi
     for (curve, label), g in cr.groupby(["curve", "label"], sort=False):
         (xm, xs), (ym, ys) = mean_std(g[X]), mean_std(g[Y])
         pts.append(FrontierPoint(str(curve), label, len(g), xm, xs, ym, ys, label_key=label_key,
-                                 hypocritical_risk_certified_upper=mean_std(g[UPPER])[0]))
+                                 hypocritical_risk_certified_upper=mean_std(g[UPPER])[0],
+                                 train_passes=mean_std(g[COST])[0]))
     pts.sort(key=lambda p: (p.trainer, _label_order(p.label)))
     for p, flag in zip(pts, pareto_mask([(p.natural_risk, p.hypocritical_risk) for p in pts])):
         p.pareto = bool(flag)
@@ -117,18 +122,20 @@ def table(pts: list[FrontierPoint], caption: str | None = None) -> str:
     key = pts[0].label_key if pts else DEFAULT_LABEL
     name = "lambda" if key == DEFAULT_LABEL else label_column(key)
     width = max([7, len(name)] + [len(fmt_label(p.label)) for p in pts])
-    upper = certified(pts)
+    upper, cost = certified(pts), counted(pts)
     head = (f"{'trainer':<8} {name:>{width}} {'seeds':>5} {'natural_risk':>18} {'hypocritical_risk':>18}"
-            + ("  certified <=" if upper else "") + "  pareto")
+            + ("  certified <=" if upper else "") + (f"  {'train passes':>12}" if cost else "") + "  pareto")
     lines = ([caption] if caption else []) + [head, "-" * len(head)]
     for p in pts:
         mark = "*" if p.pareto else "+" if p.front else ""
         bound = f"  {p.hypocritical_risk_certified_upper:>12.4f}" if upper else ""
+        spent = f"  {fmt_passes(p.train_passes):>12}" if cost else ""
         lines.append(f"{p.trainer:<8} {fmt_label(p.label):>{width}} {p.n_seeds:>5d} "
                      f"{p.natural_risk:>9.4f} ± {p.natural_risk_std:<6.4f}"
-                     f" {p.hypocritical_risk:>9.4f} ± {p.hypocritical_risk_std:<6.4f}{bound}  {mark}")
+                     f" {p.hypocritical_risk:>9.4f} ± {p.hypocritical_risk_std:<6.4f}{bound}{spent}  {mark}")
     if pts:
-        lines.append("* Pareto-optimal among all points; + on its trainer's own front (mean ± std over seeds)")
+        lines.append("* Pareto-optimal among all points; + on its trainer's own front (mean ± std over seeds)"
+                     + ("; train passes: image-passes of one run's training, forward + backward" if cost else ""))
     return "\n".join(lines)
 
 
@@ -137,15 +144,27 @@ def certified(pts: list[FrontierPoint]) -> bool:
     return any(not math.isnan(p.hypocritical_risk_certified_upper) for p in pts)
 
 
+def counted(pts: list[FrontierPoint]) -> bool:
+    """Whether the points carry their cost (the runs counted their training passes)."""
+    return any(not math.isnan(p.train_passes) for p in pts)
+
+
+def fmt_passes(n: float) -> str:
+    """Image-passes for a table: ``1.23e+06``; ``n/a`` when not counted."""
+    return "n/a" if math.isnan(n) else f"{n:.3g}"
+
+
 def csv_rows(pts: list[FrontierPoint]) -> list[dict]:
     """The CSV's rows: the label under its column name (``lam``, ``eps``, ``model``, ...), no ``label_key``; the
     certified upper bound of R_hyp(D-) only when some run had one."""
     out = []
-    with_upper = certified(pts)
+    with_upper, with_cost = certified(pts), counted(pts)
     for p in pts:
         d = asdict(p)
         d.pop("label_key")
         if not with_upper:
             d.pop(UPPER)
+        if not with_cost:
+            d.pop(COST)
         out.append({"trainer": d.pop("trainer"), label_column(p.label_key): d.pop("label"), **d})
     return out

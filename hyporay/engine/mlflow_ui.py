@@ -108,8 +108,8 @@ def write_frontier_view(tracking_uri: str, experiment_id: str, metric_keys: list
 def _known_metrics() -> tuple[str, ...]:
     from hyporay import metrics as M
 
-    return (*M.CORE_METRICS, *M.HEALTH_METRICS, M.TARGETED_MEAN, "epoch", "train_loss", "train_acc",
-            "epoch_seconds", "lr", "elapsed_seconds", "objective", "diverged", "lam", "eps")
+    return (*M.CORE_METRICS, *M.HEALTH_METRICS, *M.PASS_METRICS, M.TARGETED_MEAN, "epoch", "train_loss", "train_acc",
+            "epoch_seconds", "train_seconds", "lr", "elapsed_seconds", "objective", "diverged", "lam", "eps")
 
 
 KNOWN_METRICS = _known_metrics()

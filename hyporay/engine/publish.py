@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from hyporay import metrics as M
 from hyporay import tracking
 from hyporay.analysis import frontier as F
 from hyporay.analysis import runs
@@ -78,10 +79,13 @@ def note(title_text: str, caption: str, pts: list[F.FrontierPoint], df) -> str:
     if pts:
         key = pts[0].label_key
         col = "λ" if key == F.DEFAULT_LABEL else F.label_column(key)
-        lines += [f"| trainer | {col} | seeds | natural risk | R_hyp(D-) | Pareto |", "|---|---|---|---|---|---|"]
+        cost = F.counted(pts)  # each point's training passes, where the runs counted them
+        lines += [f"| trainer | {col} | seeds | natural risk | R_hyp(D-) |" + (" train passes |" if cost else "")
+                  + " Pareto |", "|---|---|---|---|---|" + ("---|" if cost else "") + "---|"]
         lines += [f"| {p.trainer} | {F.fmt_label(p.label)} | {p.n_seeds} | {p.natural_risk:.4f} ± "
                   f"{p.natural_risk_std:.4f} | {p.hypocritical_risk:.4f} ± {p.hypocritical_risk_std:.4f} | "
-                  f"{'*' if p.pareto else '+' if p.front else ''} |" for p in pts]
+                  + (f"{F.fmt_passes(p.train_passes)} | " if cost else "")
+                  + f"{'*' if p.pareto else '+' if p.front else ''} |" for p in pts]
         lines += ["", "`*` Pareto-optimal among all points, `+` on its trainer's own front; frontier.png and "
                   "frontier.html in this run's artefacts."]
     code = runs.commits(df)
@@ -99,10 +103,22 @@ def to_parent(c, tracking_uri: str, experiment_id: str, parent_id: str, df, arte
         path, folder = a if isinstance(a, tuple) else (a, None)
         tracking.retry(c.log_artifact, parent_id, str(path), folder)
     tracking.set_tags(c, parent_id, {**({"mlflow.note.content": note} if note else {}), **(tags or {})})
+    for key, value in passes_spent(df).items():
+        tracking.retry(c.log_metric, parent_id, key, value)
     keys = sorted({k for k in df.columns if df[k].dtype.kind == "f"} - {"seed"}) if not df.empty else []
     if "natural_risk" not in keys:
         return None
     return mlflow_ui.write_frontier_view(tracking_uri, experiment_id, keys, parent_id, label_key)
+
+
+def passes_spent(df) -> dict[str, float]:
+    """What the sweep's runs spent, summed over them: ``sweep_train_passes`` and ``sweep_eval_passes`` (image-passes,
+    forward + backward, attacks included; each run's total as it last reported it). Empty when no run counted."""
+    out = {}
+    for metric in (M.TRAIN_PASSES, M.EVAL_PASSES):
+        if not df.empty and metric in df and df[metric].notna().any():
+            out[f"sweep_{metric}"] = float(df[metric].fillna(0).sum())
+    return out
 
 
 def summary(d, plan, df, pts, caption: str, errors, unfinished: int, artefacts, view: str | None,
@@ -113,6 +129,10 @@ def summary(d, plan, df, pts, caption: str, errors, unfinished: int, artefacts, 
     if pts:
         say(F.table(pts, caption=f"trade-off frontier ({caption})"))
         say()
+    spent = passes_spent(df)
+    if spent:
+        say("passes spent: " + ", ".join(f"{k[len('sweep_'):].replace('_', ' ')} {v:.3g}" for k, v in spent.items())
+            + " (image-passes, forward + backward; the parent run records them)")
     say(f"trials: {counts.get('result', 0) + counts.get('degenerate', 0)} finished, {counts.get('diverged', 0)} "
         f"diverged, {len(errors)} failed, {unfinished} not finished"
         + (f" ({', '.join(str(r.error).splitlines()[0][:80] for r in errors[:3])})" if errors else ""))

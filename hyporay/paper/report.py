@@ -99,6 +99,19 @@ def code_lines(df) -> list[str]:
     return lines
 
 
+def machine_lines(df) -> list[str]:
+    """Which machine computed the runs (torch, CPU model, threads; docs/data.md: bit for bit on the same machine and
+    build, within noise elsewhere)."""
+    keys = [k for k in P.MACHINE_KEYS if k in getattr(df, "columns", ())]
+    if not keys or df.empty:
+        return ["- machine: not recorded by these runs"]
+    seen: dict[str, int] = {}
+    for r in df[keys].to_dict("records"):
+        label = P.describe_machine({k: v for k, v in r.items() if isinstance(v, str)})
+        seen[label] = seen.get(label, 0) + 1
+    return ["- machine: " + "; ".join(f"{k} ({v} runs)" for k, v in sorted(seen.items()))]
+
+
 def training_caption(trial: dict) -> str:
     from hyporay.config import load_config
 
@@ -129,6 +142,7 @@ def build_report(df, planned, profile: str, out: Path, *, command: str, hardware
     rebuild = command.split(" (report rebuilt")[0]
     md = [f"# Reproduction of \"With False Friends Like These\" (000): profile `{profile}`", "",
           *code_lines(df),
+          *machine_lines(df),
           f"- generated: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
           f"- rebuild with: `{rebuild}` (from the project root; the plan is in `{PLAN_FILE}`)",
           f"- trials: {len(res)} with results of {len(planned)} planned" + (f"; left out: {left_text}" if left_text

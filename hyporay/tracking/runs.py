@@ -36,8 +36,8 @@ from hyporay.tracking.tags import (
 )
 
 OUTCOMES = ("result", "degenerate", "diverged", "unfinished")
-TAG_COLUMNS = (P.COMMIT, P.DIRTY, P.DIFF, P.CONFIG, MIXED_TAG, DEGENERATE_TAG, DIVERGED_TAG, OPTUNA_TRIAL_TAG,
-               OPTUNA_STATE_TAG, TRIAL_KEY_TAG)
+TAG_COLUMNS = (P.COMMIT, P.DIRTY, P.DIFF, P.CONFIG, *P.MACHINE_KEYS, MIXED_TAG, DEGENERATE_TAG, DIVERGED_TAG,
+               OPTUNA_TRIAL_TAG, OPTUNA_STATE_TAG, TRIAL_KEY_TAG)
 
 
 @lru_cache(maxsize=1)
