@@ -64,6 +64,8 @@ def table(rows: list[dict], sets: list[str], trainers: list[str]) -> tuple[list[
 
     by: dict[tuple[str, str], list[float]] = {}
     for r in rows:
+        if r.get("acc_clean") is None:  # a finished run always has it; anything else is not a result
+            continue
         s = "clean" if r.get("variant.name") == "quality" else r.get("variant.method")
         by.setdefault((r["train.trainer"], s), []).append(float(r["acc_clean"]))
     cells = []

@@ -91,9 +91,13 @@ def test_open_store_again_finds_the_same_experiment(store):
     assert [e.name for e in tracking.client(store).search_experiments()].count("exp") == 1
 
 
-def test_unanswered_server_is_retried_up_to_the_limit_then_one_line(limit):
+def test_unanswered_server_is_retried_up_to_the_limit_then_one_line(limit, monkeypatch):
+    # tracking.client turns MLflow's own HTTP retries off for a server (this process's environment is restored after)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
     url = f"http://127.0.0.1:{_closed_port()}"
     c = tracking.client(url)
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
     t = time.monotonic()
     with pytest.raises(tracking.TrackingUnavailable) as err:
         tracking.retry(c.get_experiment_by_name, "x")

@@ -102,7 +102,7 @@ def client(tracking_uri: str):
 
 
 # what a server that is down, restarting or overloaded answers, as MLflow's REST client words it
-_UNREACHABLE = ("api request to", "connection refused", "connection aborted", "connection reset",
+_UNREACHABLE = ("connection refused", "connection aborted", "connection reset",
                 "remotedisconnected", "max retries exceeded", "read timed out", "timed out", "temporarily unavailable",
                 "bad gateway", "service unavailable", "gateway timeout", "too many requests")
 
@@ -112,14 +112,14 @@ def unreachable(exc: BaseException) -> bool:
     try:
         import requests
 
-        if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+        if isinstance(exc, (ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout)):
             return True
     except ImportError:  # pragma: no cover - requests comes with mlflow
         pass
     text = str(exc).lower()
     if "api request to" in text:  # MLflow: "API request to <url> failed with exception ..." or "... error code 503"
         return "failed with exception" in text or any(f"error code {c}" in text for c in (429, 500, 502, 503, 504))
-    return any(s in text for s in _UNREACHABLE[1:])
+    return any(s in text for s in _UNREACHABLE)
 
 
 def retry(fn, *args, attempts: int = 8, **kwargs):
