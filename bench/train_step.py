@@ -4,6 +4,7 @@ Ratios are printed to NT and to the cost model "K attack passes + one training p
 pass is one forward + input-gradient pass in eval mode and the training pass is one NT batch. TRADES
 and THRM train on x and x' together (2B examples per training pass), so their floor is K attack passes
 + 2 training passes; a ratio near 1 against the right floor means the loop adds no overhead of its own.
+"passes" is the image-passes (forward + backward) one batch spends, as ``hyporay.passes`` counts them.
 Usage: python bench/train_step.py [--steps 10] [--batch 128] [--repeats 15] [--models mlp,cnn]
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from hyporay import passes
 from hyporay.attacks import AttackSpec
 from hyporay.data import load_dataset
 from hyporay.models import build_model
@@ -71,13 +73,18 @@ def main() -> None:
                 fn()
                 times[c].append(time.perf_counter() - t0)
         med = {c: statistics.median(v) for c, v in times.items()}
+        counted = {}
+        for c, fn in cases.items():  # the image-passes of one call, beside its time
+            with passes.counting() as spent:
+                fn()
+            counted[c] = spent.total
         nt, ap_ = med["natural"], med["attack pass"]
         print(f"\n{name}: attack pass {ap_ * 1e3:.2f} ms, NT batch {nt * 1e3:.2f} ms")
-        print(f"  {'loss':<8} {'ms/batch':>9} {'x NT':>6} {'floor ms':>9} {'x floor':>8}   floor")
+        print(f"  {'loss':<8} {'ms/batch':>9} {'passes':>7} {'x NT':>6} {'floor ms':>9} {'x floor':>8}   floor")
         for loss, train_passes in (("natural", 1), ("pgd_at", 1), ("trades", 2), ("thrm", 2)):
             kk = 0 if loss == "natural" else k
             floor = kk * ap_ + train_passes * nt
-            print(f"  {loss:<8} {med[loss] * 1e3:9.2f} {med[loss] / nt:6.2f} {floor * 1e3:9.2f} "
+            print(f"  {loss:<8} {med[loss] * 1e3:9.2f} {counted[loss]:7d} {med[loss] / nt:6.2f} {floor * 1e3:9.2f} "
                   f"{med[loss] / floor:8.2f}   {kk} attack + {train_passes} training pass(es)")
 
 

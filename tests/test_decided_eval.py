@@ -119,3 +119,14 @@ def test_rule_is_named_in_the_threat_model_string_and_the_old_rule_stays_availab
     old, new = AttackSpec(eps=0.1), AttackSpec(eps=0.1, early_stop=0)
     assert "early-stop" not in old.describe() and new.describe().endswith("early-stop=0")
     assert old.as_dict()["early_stop"] is None and new.as_dict()["early_stop"] == 0
+
+
+def test_config_chooses_the_rule_and_names_a_bad_value():
+    from hyporay.config import ConfigError, load_config
+
+    assert load_config({}).eval.attack.early_stop is None  # today's rule unless asked
+    cfg = load_config({"eval": {"attack": {"early_stop": 0}}, "train": {"attack": {"early_stop": 2}}})
+    assert cfg.eval.attack.early_stop == 0 and cfg.train.attack.early_stop == 2
+    assert cfg.eval.attack.describe().endswith("early-stop=0")
+    with pytest.raises((ConfigError, ValueError), match="early_stop"):
+        load_config({"eval": {"attack": {"early_stop": -1}}})

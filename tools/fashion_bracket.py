@@ -1,0 +1,117 @@
+"""The certified bracket of R_hyp(D-) on the Fashion-MNIST models, as a table: [found by the attack, certified upper
+bound] for natural training, TRADES and THRM (the reproduction's MLPs, CROWN-IBP bounds, means over seeds, from
+docs/results/fashion/frontier.csv) and for the l_inf-distance net (hyporay train runs of
+sweeps/configs/fashion_linfdist.yaml, its margin certificate), with where the upper bound says something and where
+it is vacuous. Writes bracket.md and bracket.csv beside the report.
+
+    .venv/bin/hyporay train sweeps/configs/fashion_linfdist.yaml --set train.trainer=thrm \\
+        --set name=fashion-linfdist-thrm --out runs/fashion-linfdist-thrm          # and trades
+    .venv/bin/python tools/fashion_bracket.py --results docs/results/fashion \\
+        runs/fashion-linfdist-thrm runs/fashion-linfdist-trades
+
+An upper bound is vacuous when it is 1 (no misclassified test point certified: the attack's lower bound is all we
+know), informative when below 1; its distance to the attack's number is what an exact evaluation could still move.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install too
+
+from hyporay import provenance as P  # noqa: E402
+
+VACUOUS = 0.9995   # an upper bound of 1.000 (to three decimals): nothing certified
+NAMES = {"natural": "NT", "trades": "TRADES", "thrm": "THRM", "pgd_at": "PGD-AT"}
+
+
+def verdict(attack: float, upper: float) -> str:
+    if not math.isfinite(upper):
+        return "not certified"
+    if upper >= VACUOUS:
+        return "vacuous (1: no misclassified point certified)"
+    return f"informative: gap {upper - attack:.3f}"
+
+
+def frontier_rows(path: Path) -> list[dict]:
+    rows = []
+    with path.open() as f:
+        for r in csv.DictReader(f):
+            lam = float(r["lam"])
+            if lam == 0 and r["trainer"] != "trades":   # natural training: once (λ = 0 is on both curves)
+                continue
+            attack, upper = float(r["hypocritical_risk"]), float(r.get("hypocritical_risk_certified_upper") or "nan")
+            rows.append({"model": "MLP 784-256-256-10", "trainer": "NT" if lam == 0 else NAMES[r["trainer"]],
+                         "lam": lam, "seeds": int(r["n_seeds"]), "natural_risk": float(r["natural_risk"]),
+                         "attack": attack, "upper": upper, "certifier": "CROWN-IBP",
+                         "verdict": verdict(attack, upper), "source": f"{path.parent.name}/{path.name}"})
+    return rows
+
+
+def trial_row(run: Path) -> dict:
+    m = json.loads((run / "metrics.json").read_text())
+    from hyporay.config import load_config
+
+    cfg = load_config(run / "config.yaml")
+    prov = m.get("provenance", {})
+    attack = float(m["hypocritical_risk"])
+    upper = m.get("hypocritical_risk_certified_upper")
+    upper = math.nan if upper is None else float(upper)
+    kw = cfg.model.kwargs
+    return {"model": f"l_inf-dist net 784-{kw.get('width', '?')}x{kw.get('depth', '?')}-10",
+            "trainer": NAMES.get(cfg.train.trainer, cfg.train.trainer), "lam": cfg.train.lam, "seeds": 1,
+            "natural_risk": float(m["natural_risk"]), "attack": attack, "upper": upper,
+            "certifier": f"its margin certificate ({cfg.eval.certify})", "verdict": verdict(attack, upper),
+            "source": f"{run.name} ({P.describe(prov)}; {P.describe_machine(prov)})"}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="*", type=Path, help="hyporay train output directories (metrics.json, config.yaml)")
+    p.add_argument("--results", type=Path, default=Path("docs/results/fashion"),
+                   help="the reproduction's report directory (reads frontier.csv, writes bracket.md/.csv)")
+    a = p.parse_args(argv)
+    front = a.results / "frontier.csv"
+    if not front.is_file():
+        p.error(f"--results: no frontier.csv in {a.results} (run sweeps/reproduce.py first)")
+    for run in a.runs:
+        if not (run / "metrics.json").is_file() or not (run / "config.yaml").is_file():
+            p.error(f"{run}: no metrics.json and config.yaml (a finished hyporay train --out directory)")
+    order = {"NT": 0, "PGD-AT": 1, "TRADES": 2, "THRM": 3}
+    rows = sorted(frontier_rows(front), key=lambda r: (order.get(r["trainer"], 9), r["lam"]))
+    rows += sorted((trial_row(r) for r in a.runs), key=lambda r: (order.get(r["trainer"], 9), r["lam"]))
+    with (a.results / "bracket.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    eps = "ℓ∞ ε = 0.1"
+    md = ["# The certified bracket of R_hyp(D-) on Fashion-MNIST", "",
+          f"R_hyp(D-) ({eps}) lies in [attack, certified]: the attack (PGD-20, early stop) finds concealable mistakes "
+          "(a lower bound), the certifier bounds it from above. Vacuous: the bound is 1, no misclassified test point "
+          "could be certified. Built by `tools/fashion_bracket.py` from the reproduction's frontier.csv (MLP rows, "
+          "means over its seeds) and the l_inf-dist runs named in the source column (one seed each); nothing here is "
+          "written by hand.", "",
+          "| model | trainer | λ | seeds | natural risk | R_hyp(D-) attack | certified upper | certifier | upper bound |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        upper = "n/a" if not math.isfinite(r["upper"]) else f"{r['upper']:.3f}"
+        md.append(f"| {r['model']} | {r['trainer']} | {r['lam']:g} | {r['seeds']} | {r['natural_risk']:.3f} | "
+                  f"{r['attack']:.3f} | {upper} | {r['certifier']} | {r['verdict']} |")
+    informative = [r for r in rows if r["verdict"].startswith("informative")]
+    vacuous = [r for r in rows if r["verdict"].startswith("vacuous")]
+    md += ["", f"Informative in {len(informative)} of {len(rows)} rows "
+           f"({', '.join(sorted({r['model'] for r in informative})) or 'none'}); vacuous in {len(vacuous)} "
+           f"({', '.join(sorted({r['model'] for r in vacuous})) or 'none'}).", "",
+           "Sources: " + "; ".join(sorted({r["source"] for r in rows})), ""]
+    (a.results / "bracket.md").write_text("\n".join(md))
+    print(f"wrote {a.results / 'bracket.md'} and {a.results / 'bracket.csv'} ({len(rows)} rows)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
