@@ -97,7 +97,7 @@ def _cases():
         ("hyporay", [*train, "--set", "eval.every=0"], "eval.every:"),
         ("hyporay", [*train, "--set", "data.test_fraction=1.5"], "data.test_fraction:"),
         ("hyporay", [*train, "--set", "data.name=cifar10", "--set", "data.root=nowhere"], "dataset cifar10: not found"),
-        ("hyporay", [*train, "--set", "data.name=mnist"], "data.name: unknown 'mnist'"),
+        ("hyporay", [*train, "--set", "data.name=imagenet21k"], "data.name: unknown 'imagenet21k'"),
         ("hyporay", [*train, "--set", "variant.name=dirty"], "variant.name:"),
         ("hyporay", [*train, "--set", "variant.source_model=foo"], "variant.source_model: unknown 'foo'"),
         ("hyporay", [*train, "--set", "seed=-1"], "seed:"),

@@ -81,7 +81,8 @@ def pgd(
                 succeeded, the best visited point over all restarts (higher score);
               - τ >= 1 (FAT): the iterate at which it stopped, x_{k+τ} or x_K, successful or not; where it
                 never succeeded, the last iterate x_K (the best visited point with ``best_iterate``),
-                restarts merged by score.
+                restarts merged by score. With one restart, no ``best_iterate``, no ``decided`` and no
+                result asked for, the last iterate is returned without a forward there (FAT in training).
             Each step reads which examples are done back to the host (the batch is compacted).
             Until an example's first success its trajectory is the one ``early_stop=None`` takes (same
             start, same steps), so τ = 0 succeeds on every example where ``early_stop=None`` does.

@@ -42,10 +42,6 @@ class OptimConfig:
     optimizer: str = "sgd"  # "sgd" (the paper's) or "adam" (betas (momentum, 0.999); the l_inf-dist net's)
 
 
-def _channels_last(t: Tensor) -> Tensor:
-    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
-
-
 def _bf16_native(device: torch.device) -> bool:
     """bf16 runs natively: always on CPU autocast; on CUDA from compute capability 8 (Ampere) on."""
     if device.type != "cuda":

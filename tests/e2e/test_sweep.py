@@ -104,6 +104,12 @@ def test_console_names_trials_as_mlflow_and_dumps_no_config(small_sweep):
     assert "tune_trainable" not in out and "Traceback" not in out + r.stderr and "Trial status" not in out
     assert "train.attack.eps" not in out  # no config dump: the config is in MLflow
     assert len(lines) < 60, len(lines)
+    # what the sweep cost: the summary prints it and the parent run records the sum of its trials' passes
+    _, parents, children = _runs(tmp_path)
+    assert "passes spent: train passes" in out
+    spent = parents[0].data.metrics
+    assert spent["sweep_train_passes"] == sum(ch.data.metrics["train_passes"] for ch in children) > 0
+    assert spent["sweep_eval_passes"] == sum(ch.data.metrics["eval_passes"] for ch in children) > 0
 
 
 def test_interrupted_sweep_resumes_without_repeating_trials(tmp_path):
