@@ -136,11 +136,6 @@ def test_analysis_reads_a_runs_table_not_the_engine():
     assert bad == []
 
 
-# left to the owner of hyporay/variants/ (issue 21, item 3); each entry must still be found, so it goes when fixed
-PRIVATE_PENDING = ["hyporay/variants/build.py: hyporay.variants.spec._GENERATED",
-                   "hyporay/variants/build.py: hyporay.variants.spec._IRRELEVANT"]
-
-
 def test_no_private_name_is_imported_across_modules():
     """``from hyporay.x import _name`` couples two modules through what one of them calls private."""
     import ast
@@ -151,5 +146,4 @@ def test_no_private_name_is_imported_across_modules():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hyporay"):
                 bad += [f"{path.relative_to(ROOT)}: {node.module}.{a.name}" for a in node.names
                         if a.name.startswith("_") and not a.name.startswith("__")]
-    assert [p for p in PRIVATE_PENDING if p not in bad] == [], "fixed: remove it from PRIVATE_PENDING"
-    assert sorted(set(bad) - set(PRIVATE_PENDING)) == []
+    assert bad == []

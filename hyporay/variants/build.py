@@ -18,7 +18,7 @@ from torch import Tensor
 
 from hyporay.data import Dataset
 from hyporay.variants.delusive import delusive_perturb, quantize_in_ball, train_source_model
-from hyporay.variants.spec import _GENERATED, _IRRELEVANT, FORMAT_VERSION, VariantSpec
+from hyporay.variants.spec import FORMAT_VERSION, GENERATED, IRRELEVANT, VariantSpec
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,8 @@ def dataset_fingerprint(ds: Dataset) -> dict:
 def _spec_key_fields(spec: VariantSpec) -> dict:
     fields = asdict(spec)
     fields["step_size"] = spec.alpha  # None and eps/5 give the same set
-    group = spec.method if spec.name == "poisoning" and spec.method in _IRRELEVANT else spec.name
-    for f in _IRRELEVANT.get(group, ()):
+    group = spec.method if spec.name == "poisoning" and spec.method in IRRELEVANT else spec.name
+    for f in IRRELEVANT.get(group, ()):
         fields.pop(f, None)
     return fields
 
@@ -75,7 +75,7 @@ def cache_path(ds: Dataset, spec: VariantSpec, seed: int, cache_dir: str | Path)
     mislabeling and p5, attack fields for noise and mislabeling) and ``seed``. The device is not part
     of the key: a set computed on GPU is reused on CPU (results may differ in the last float bits).
     """
-    if spec.name not in _GENERATED:
+    if spec.name not in GENERATED:
         raise ValueError(f"variant.name: {spec.name!r} is the clean training set and is never cached")
     label = spec.name + (f"-{spec.method}" if spec.name == "poisoning" else "")
     safe_ds = "".join(c if c.isalnum() or c in "-_" else "_" for c in ds.name)

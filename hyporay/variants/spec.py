@@ -15,12 +15,12 @@ POISON_METHODS = ("p1", "p2", "p3", "p4", "p5")
 #: Bump when the content of a cached set for the same key would change (algorithm or file layout).
 FORMAT_VERSION = 1
 
-_GENERATED = ("noise", "mislabeling", "poisoning")
+GENERATED = ("noise", "mislabeling", "poisoning")
 # Fields of VariantSpec that do NOT influence a given generated set (left out of its cache key, so a
 # change in, say, eps does not recompute the Noise set). Every other field is part of the key, so a
 # field added later is keyed by default.
 _SOURCE_FIELDS = ("source_model", "source_model_kwargs", "source_epochs", "source_lr", "source_batch_size")
-_IRRELEVANT = {
+IRRELEVANT = {
     "noise": ("method", "eps", "norm", "steps", "step_size", *_SOURCE_FIELDS),
     "mislabeling": ("method", "eps", "norm", "steps", "step_size", *_SOURCE_FIELDS),
     "p5": ("steps", "step_size", *_SOURCE_FIELDS),
