@@ -54,23 +54,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: flo
 
 
 def process_tree(root: int) -> set[int]:
-    """``root`` and every live descendant (from /proc/<pid>/stat's parent ids)."""
-    parent: dict[int, int] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            parent[int(d)] = int(stat.rsplit(")", 1)[1].split()[1])
-    tree, frontier = {root}, [root]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parent.items() if pp == p and c not in tree]
-        tree.update(kids)
-        frontier += kids
-    return tree
+    """``root`` and every live descendant (tools/stress.py's ``descendants``: one /proc walk for tests and tool)."""
+    return {root} | load_script("tools/stress.py").descendants(root)
 
 
 def _hex_addr(h: str) -> str:
