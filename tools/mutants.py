@@ -42,9 +42,10 @@ EQUIVALENT = ROOT / "tests" / "mutants_equivalent.md"
 # mutations below also use tests/test_audit.py (its command-line tests deselected) and tests/test_imports.py
 FAST_TESTS = ["tests/test_attacks.py", "tests/test_early_stop.py", "tests/test_metrics.py", "tests/test_trainers.py",
               "tests/test_apgd.py", "tests/test_degenerate.py",  # APGD and the margin score; metrics' degeneracy
+              "tests/test_decided_eval.py",  # evaluation that stops once decided (hyporay/witnesses.py)
               "tests/test_analysis.py::test_metric_name_helper_round_trip"]  # hyporay.metrics' name helpers
 FAST_DESELECT = "not cli"
-MUTMUT_SOURCES = ["hyporay/attacks/", "hyporay/metrics.py", "hyporay/trainers/losses.py"]
+MUTMUT_SOURCES = ["hyporay/attacks/", "hyporay/metrics.py", "hyporay/witnesses.py", "hyporay/trainers/losses.py"]
 
 A, M, T, AU = "tests/test_attacks.py", "tests/test_metrics.py", "tests/test_trainers.py", "tests/test_audit.py"
 
