@@ -434,7 +434,12 @@ def test_the_certified_side_of_the_bracket_reaches_table_and_csv(tmp_path):
                metrics={X: 0.1, Y: y, F.UPPER: u}) for s, y, u in ((0, 0.4, 0.9), (1, 0.5, 1.0))]
     pts = F.points(_table(rs))
     assert pts[0].hypocritical_risk_certified_upper == pytest.approx(0.95) and F.certified(pts)
-    assert "certified <=" in F.table(pts) and "0.9500" in F.table(pts)
+    assert "certified <=" in F.table(pts) and "0.9500" in F.table(pts) and "vacuous" not in F.table(pts)
+    # a bound of 1 proves nothing: the table says so, and how many
+    loose = F.points(_table([_run(params={"train.trainer": t, "train.lam": "5", "seed": "0"},
+                                  metrics={X: 0.1, Y: 0.5, F.UPPER: u}) for t, u in (("thrm", 1.0), ("trades", 0.8))]))
+    assert "1 of 2 at 1.0000 is vacuous" in F.table(loose)
+    assert "every bound at 1.0000 is vacuous" in F.table(loose[:1])
     assert F.UPPER in F.csv_rows(pts)[0]
     plain = F.points(_table(_frontier_runs()))
     assert not F.certified(plain) and F.UPPER not in F.csv_rows(plain)[0] and "certified" not in F.table(plain)

@@ -136,7 +136,18 @@ def table(pts: list[FrontierPoint], caption: str | None = None) -> str:
     if pts:
         lines.append("* Pareto-optimal among all points; + on its trainer's own front (mean ± std over seeds)"
                      + ("; train passes: image-passes of one run's training, forward + backward" if cost else ""))
+    if upper:
+        lines.append(vacuous_note(pts))
     return "\n".join(lines)
+
+
+def vacuous_note(pts: list[FrontierPoint]) -> str:
+    """What the certified column means, and how many of its bounds prove nothing (an upper bound of 1 on a risk)."""
+    bounds = [p.hypocritical_risk_certified_upper for p in pts if not math.isnan(p.hypocritical_risk_certified_upper)]
+    vacuous = sum(b >= 1.0 for b in bounds)
+    tail = ("" if not vacuous else f"; {'every bound' if vacuous == len(bounds) else f'{vacuous} of {len(bounds)}'}"
+            " at 1.0000 is vacuous: the certifier proves nothing for that model at this eps")
+    return "certified <=: a certified upper bound of R_hyp(D-) (eval.certify; mean over seeds)" + tail
 
 
 def certified(pts: list[FrontierPoint]) -> bool:
