@@ -478,3 +478,25 @@ def test_make_objective_defaults_and_messages():
         with pytest.raises(ValueError) as err:
             call()
         assert str(err.value) == message
+
+
+@pytest.mark.parametrize("method,early_stop,norm,objective",
+                         [(m, e, n, o) for m, stops in (("pgd", (None, 0, 1)), ("apgd", (None, 0)))
+                          for e in stops for n in NORMS for o in ("hypocritical", "stability")])
+def test_a_caller_inside_no_grad_gets_the_same_attack(natural_mlp, batch, method, early_stop, norm, objective):
+    """The attacks take gradients w.r.t. the input whatever the caller's grad mode (an evaluation written inside
+    ``torch.no_grad()``): the same points, bit for bit, and the grad mode is the caller's again afterwards."""
+    from hyporay.attacks import apgd
+
+    x, y = batch[0][:64], batch[1][:64]
+    attack = pgd if method == "pgd" else apgd
+    kw = {k: v for k, v in _kw(norm, objective, y).items() if not (method == "apgd" and k == "step_size")}
+
+    def run():
+        return attack(natural_mlp, x, y, early_stop=early_stop, generator=torch.Generator().manual_seed(3), **kw)
+
+    plain = run()
+    with torch.no_grad():
+        inside = run()
+        assert not torch.is_grad_enabled()
+    assert torch.equal(inside, plain) and not torch.equal(plain, x)

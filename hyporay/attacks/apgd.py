@@ -123,10 +123,9 @@ def apgd(
     tally = rule.tally if rule is not None else Tally(len(x), x.device) if return_result else None
 
     def forward(oc, z: Tensor, yc: Tensor, tc: Tensor | None, need_grad: bool):
-        with torch.enable_grad():  # also when the caller is inside torch.no_grad()
-            z = z.detach().requires_grad_(need_grad)
-            logits = model(z)
-            return logits.detach(), oc.score(logits, yc, tc), z
+        z = z.detach().requires_grad_(need_grad)
+        logits = model(z)
+        return logits.detach(), oc.score(logits, yc, tc), z
 
     def gradient(s: Tensor, z: Tensor, idx: Tensor | None) -> Tensor:
         (g,) = torch.autograd.grad(s.sum(), z)
@@ -141,7 +140,8 @@ def apgd(
         return threat.step(torch.zeros_like(g), g.clone(), 1.0, generator)
 
     best = best_succ = best_score = None
-    with frozen_eval(model):
+    # gradients w.r.t. the input also when the caller is inside torch.no_grad() (a notebook's evaluation)
+    with frozen_eval(model), torch.enable_grad():
         if objective == "stability":
             prepare_clean(model, obj, x, active)
         for r in range(restarts):

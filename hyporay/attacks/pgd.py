@@ -124,7 +124,8 @@ def pgd(
         return unmoved(model, obj, x, y, target, steps, active) if return_result else x.clone()
     kw = dict(threat=threat, eps=eps, step_size=step_size, steps=steps, kind=kind, sigma=sigma, restarts=restarts,
               best_iterate=best_iterate, generator=generator, tau=tau, want=return_result)
-    with frozen_eval(model):
+    # gradients w.r.t. the input also when the caller is inside torch.no_grad() (a notebook's evaluation)
+    with frozen_eval(model), torch.enable_grad():
         if objective == "stability":
             prepare_clean(model, obj, x, active)
         if tau is None:
@@ -195,10 +196,9 @@ def _stop_early(model, obj, x, y, target, *, threat, eps, step_size, steps, kind
             if last and unread_end:
                 rule.leave(idx, x_adv)
                 break
-            with torch.enable_grad():
-                x_adv.requires_grad_(not last)
-                logits = model(x_adv)
-                score = oc.score(logits, yc, tc)
+            x_adv.requires_grad_(not last)
+            logits = model(x_adv)
+            score = oc.score(logits, yc, tc)
             x_now = x_adv.detach()
             first, go = rule.visit(idx, first, k, r, last, x_now, logits.detach(), score.detach(),
                                    oc.success(logits, yc, tc))
