@@ -54,3 +54,17 @@ def add(forward: int = 0, backward: int = 0) -> None:
     for counter in _OPEN.get():
         counter.forward += forward
         counter.backward += backward
+
+
+@contextlib.contextmanager
+def undone_on(*errors: type[BaseException]) -> Iterator[None]:
+    """Passes recorded inside the block are taken back from every open counter when it raises one of ``errors``
+    (work that is redone, e.g. a training step whose compilation failed: counts depend on the settings, never on
+    whether this machine could compile)."""
+    marks = [(c, c.forward, c.backward) for c in _OPEN.get()]
+    try:
+        yield
+    except errors:
+        for c, forward, backward in marks:
+            c.forward, c.backward = forward, backward
+        raise

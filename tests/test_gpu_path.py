@@ -213,8 +213,23 @@ def test_compile_failure_falls_back_with_one_logged_line(digits, caplog):
     assert len(lines) == 1 and "\n" not in lines[0] and lines[0].startswith("train.compile: compilation failed")
     assert not t.compiled and "no code generator" in t.compile_note
     assert [s["train_loss"] for s in stats] == [s["train_loss"] for s in ref]
+    assert t.passes == eager.passes  # the failed attempt is not counted
     for a, b in zip(_params(t), _params(eager)):
         assert torch.equal(a, b)
+
+
+def test_passes_undone_on_rewinds_every_open_counter_only_on_the_named_errors():
+    from hyporay import passes
+
+    with passes.counting() as outer, passes.counting() as inner:
+        passes.add(forward=3)
+        with pytest.raises(RuntimeError), passes.undone_on(RuntimeError):
+            passes.add(forward=5, backward=5)
+            raise RuntimeError("compile failed")
+        with pytest.raises(KeyError), passes.undone_on(RuntimeError):
+            passes.add(forward=2)
+            raise KeyError("a real bug: its passes were spent and stay counted")
+    assert (outer.forward, outer.backward) == (inner.forward, inner.backward) == (5, 0)
 
 
 def test_compile_unavailable_is_one_line_and_config_reaches_the_trainer(digits, monkeypatch, caplog):

@@ -152,7 +152,8 @@ class AttackResult:
         first_success: the step k of the first successful *visited* point (0 = the start, ``steps`` = the
             last iterate), in the restart where the example first succeeded; -1 when no visited point did.
         restart: the restart (0-based) where the example first succeeded; -1 when it never did.
-        passes: image-passes (forward + backward) spent on the example over all restarts.
+        passes: image-passes (forward + backward) spent on the example over all restarts, at its visited points;
+            the stability objective's one clean forward per example is in ``hyporay.passes`` only.
         steps: the attack's steps K.
     """
 

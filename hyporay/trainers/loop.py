@@ -224,12 +224,13 @@ class Trainer:
 
     def _guarded_step(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
         """The first compiled step: where compilation fails, restore what the step consumed (attack RNG,
-        global RNGs, BatchNorm buffers, gradients) and redo it eagerly."""
+        global RNGs, BatchNorm buffers, gradients, counted passes) and redo it eagerly."""
         self._first_compiled_step = False
         saved = (self.attack_gen.get_state(), torch.get_rng_state(), _device_rng_state(self.device),
                  [b.detach().clone() for b in self.model.buffers()])
         try:
-            return self._step(xb, yb)
+            with passes.undone_on(Exception):  # the failed attempt's passes are redone eagerly, counted once
+                return self._step(xb, yb)
         except Exception as exc:  # noqa: BLE001  (compiler errors come in many types; eager re-raises real bugs)
             if not _is_compile_error(exc):
                 raise
