@@ -135,7 +135,9 @@ def test_gair_weights_hand_computed():
 
 @pytest.mark.parametrize("epoch, epochs, begin, active", [(58, 120, 0.5, False), (59, 120, 0.5, True),
                                                           (0, 10, 0.0, True), (3, 10, 0.5, False),
-                                                          (4, 10, 0.5, True), (0, None, 0.5, True)])
+                                                          (4, 10, 0.5, True), (0, None, 0.5, True),
+                                                          # begin·epochs = 2.5 rounds half up: 2 burn-in epochs
+                                                          (1, 5, 0.5, False), (2, 5, 0.5, True)])
 def test_gairat_burn_in(epoch, epochs, begin, active):
     assert gairat_active(epoch, epochs, begin) is active  # GAIRAT.py: (epoch + 1) >= begin_epoch
 

@@ -21,6 +21,7 @@ number of backward passes (the training step backpropagates through every forwar
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -116,9 +117,10 @@ def gair_weights(kappa: Tensor, steps: int, lam: float) -> Tensor:
 
 
 def gairat_active(epoch: int, epochs: int | None, begin: float) -> bool:
-    """Whether GAIRAT reweights in (0-based) ``epoch``: from epoch ``round(begin·epochs)`` (1-based) on, as
-    ``GAIRAT.py``'s ``(epoch + 1) >= begin_epoch``; always when no epochs are planned or ``begin`` is 0."""
-    return not epochs or epoch + 1 >= round(begin * epochs)
+    """Whether GAIRAT reweights in (0-based) ``epoch``: from epoch ``begin·epochs`` rounded half up (1-based) on,
+    as ``GAIRAT.py``'s ``(epoch + 1) >= begin_epoch``; always when no epochs are planned or ``begin`` is 0. (Half
+    up, not Python's round-half-to-even, which gave 5 epochs one burn-in epoch and 7 epochs three.)"""
+    return not epochs or epoch + 1 >= math.floor(begin * epochs + 0.5)
 
 
 def gairat(model, x, y, ctx):
