@@ -143,3 +143,14 @@ def test_a_create_whose_answer_was_lost_makes_no_second_run(store):
     run = tracking.create_once(create, find)
     assert len(tries) == 1 and run.info.run_id == tries[0]
     assert len(c.search_runs([exp])) == 1
+
+
+@pytest.mark.parametrize("raw", ["nan", "inf", "-1", "0", "ten"])
+def test_patience_from_the_environment_is_a_finite_positive_number(raw, monkeypatch):
+    """nan would make every wait endless, inf never stop one: one line naming the variable, before any wait."""
+    monkeypatch.setenv("HYPORAY_TRACKING_PATIENCE", raw)
+    with pytest.raises(tracking.TrackingError) as err:
+        tracking.patience()
+    assert str(err.value) == f"HYPORAY_TRACKING_PATIENCE: must be a number of seconds > 0, got {raw!r}"
+    monkeypatch.setenv("HYPORAY_TRACKING_PATIENCE", "2.5")
+    assert tracking.patience() == 2.5

@@ -103,8 +103,8 @@ def to_parent(c, tracking_uri: str, experiment_id: str, parent_id: str, df, arte
         path, folder = a if isinstance(a, tuple) else (a, None)
         tracking.retry(c.log_artifact, parent_id, str(path), folder)
     tracking.set_tags(c, parent_id, {**({"mlflow.note.content": note} if note else {}), **(tags or {})})
-    for key, value in passes_spent(df).items():
-        tracking.retry(c.log_metric, parent_id, key, value)
+    # one batch, one timestamp: a retry after a lost answer writes the same points, which the store keeps once
+    tracking.log_metrics(c, parent_id, passes_spent(df), step=0)
     keys = sorted({k for k in df.columns if df[k].dtype.kind == "f"} - {"seed"}) if not df.empty else []
     if "natural_risk" not in keys:
         return None

@@ -54,7 +54,9 @@ def find_child(c, experiment_id: str, parent_id: str, trial_key: str):
 def find_or_create_child(c, experiment_id: str, parent_id: str, trial_key: str, run_name: str,
                          tags: dict[str, str]) -> tuple[object, bool]:
     """(the child run of ``parent_id`` for ``trial_key``, created?): the existing one, else a new one with
-    ``tags`` (one query, and one more to create it; never two runs, even when the create's answer is lost)."""
+    ``tags`` (one query, and one more to create it). A create whose answer was lost never makes a second run
+    (``create_once``); two attempts of one trial alive at once (a worker wrongly declared dead while it still
+    runs) could each make one, since search-then-create is not atomic: Tune runs one attempt at a time."""
     found = find_child(c, experiment_id, parent_id, trial_key)
     if found is not None:
         return found, False

@@ -13,6 +13,7 @@ Nothing is lost when the store is busy or down (docs/reliability.md):
 from __future__ import annotations
 
 import functools
+import math
 import os
 import random
 import time
@@ -43,10 +44,15 @@ def patience() -> float:
     if _patience is not None:
         return _patience
     raw = os.environ.get(PATIENCE_ENV)
+    if not raw:
+        return DEFAULT_PATIENCE
     try:
-        return float(raw) if raw else DEFAULT_PATIENCE
+        seconds = float(raw)
     except ValueError:
-        raise TrackingError(f"{PATIENCE_ENV}: cannot read {raw!r} as seconds") from None
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):  # nan would never end a wait, inf never stop one
+        raise TrackingError(f"{PATIENCE_ENV}: must be a number of seconds > 0, got {raw!r}")
+    return seconds
 
 
 def set_patience(seconds: float | None) -> None:
@@ -225,6 +231,8 @@ def open_store(tracking_uri: str, name: str, wait: float = STORE_WAIT) -> str:
             try:
                 return retry(c.create_experiment, name, artifact_location=default_artifact_location(tracking_uri),
                              tags={"mlflow.experimentKind": "custom_model_development"})
+            except TrackingUnavailable:  # the server is down: already waited the whole patience once
+                raise
             except Exception as exc:  # noqa: BLE001 - a server: another driver created it first
                 exp = retry(c.get_experiment_by_name, name)
                 if exp is None:
