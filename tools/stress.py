@@ -39,9 +39,9 @@ while time.time() < deadline and os.getppid() == parent:
 """
 
 
-def _children() -> dict[int, int]:
-    """pid -> parent pid of every process (from /proc)."""
-    parent: dict[int, int] = {}
+def _processes() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, process group) of every process (from /proc) but zombies (dead, nothing to kill)."""
+    out: dict[int, tuple[int, int]] = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
@@ -49,8 +49,20 @@ def _children() -> dict[int, int]:
                     stat = f.read()
             except OSError:
                 continue
-            parent[int(d)] = int(stat.rsplit(")", 1)[1].split()[1])
-    return parent
+            fields = stat.rsplit(")", 1)[1].split()
+            if fields[0] != "Z":
+                out[int(d)] = (int(fields[1]), int(fields[2]))
+    return out
+
+
+def _children() -> dict[int, int]:
+    """pid -> parent pid of every process."""
+    return {pid: pp for pid, (pp, _) in _processes().items()}
+
+
+def group(pgid: int) -> set[int]:
+    """Every live process of process group ``pgid`` (orphans re-parented to init included)."""
+    return {pid for pid, (_, g) in _processes().items() if g == pgid}
 
 
 def descendants(root: int) -> set[int]:
@@ -66,10 +78,14 @@ def descendants(root: int) -> set[int]:
 
 
 def kill_tree(proc: subprocess.Popen) -> int:
-    """SIGKILL ``proc`` and everything it started that is still alive (a run cut short leaves sweeps, Ray and MLflow
-    servers behind); returns how many processes were killed besides ``proc``."""
-    left = descendants(proc.pid)
-    for pid in [proc.pid, *left]:
+    """SIGKILL ``proc`` (started in its own session) and everything it started that is still alive (a run cut short
+    leaves sweeps, Ray and MLflow servers behind): its descendants while it lives, and every process left in its
+    process group, orphans too. Once ``proc`` is reaped its pid is not ours, so it is never signalled by number.
+    Returns how many processes were killed besides ``proc``."""
+    left = descendants(proc.pid) if proc.poll() is None else set()
+    left |= group(proc.pid) - {proc.pid}
+    proc.kill()  # a no-op once reaped (Popen knows its return code)
+    for pid in left:
         try:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -120,7 +136,7 @@ def one_run(i: int, args, pytest_args: list[str], log_dir: Path) -> bool:
     try:
         with open(log_path, "w") as log:
             proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                    env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
             deadline = start + args.max_minutes * 60
             while proc.poll() is None and time.time() < deadline:
                 loads.append(os.getloadavg()[0])
