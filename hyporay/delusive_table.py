@@ -105,8 +105,13 @@ def verdict(cells: list[dict]) -> tuple[bool | None, list[str]]:
             continue
         st = acc[("natural", s)]
         lost = clean["acc_clean"] - st["acc_clean"]
-        se = math.sqrt(clean["acc_clean_std"] ** 2 / clean["n_seeds"] + st["acc_clean_std"] ** 2 / st["n_seeds"])
-        head = f"{s.upper()}: ST loses {100 * lost:.1f} ± {100 * se:.1f} points"
+        if min(clean["n_seeds"], st["n_seeds"]) < 2:  # no spread to measure: the threshold alone decides, said so
+            se = 0.0
+            head = (f"{s.upper()}: ST loses {100 * lost:.1f} points (one seed: no noise estimate, judged on the "
+                    f"{100 * HURT_MIN:.0f}-point threshold alone)")
+        else:
+            se = math.sqrt(clean["acc_clean_std"] ** 2 / clean["n_seeds"] + st["acc_clean_std"] ** 2 / st["n_seeds"])
+            head = f"{s.upper()}: ST loses {100 * lost:.1f} ± {100 * se:.1f} points"
         if lost <= max(HURT_MIN, 2 * se):
             lines.append(f"{head}: within seed noise (or below {100 * HURT_MIN:.0f} point), nothing to recover")
             continue
@@ -128,12 +133,31 @@ def verdict(cells: list[dict]) -> tuple[bool | None, list[str]]:
     return all(holds.values()), lines
 
 
+def accuracy_runs(df):
+    """(the runs whose clean accuracy is a result, the others by outcome, how many of the kept are constant).
+
+    Unlike the risk tables, a run whose model predicts one class whatever the input ("degenerate": logits do not
+    depend on the input) is kept: its clean accuracy is well defined, and a poison that collapses ST is the
+    strongest effect Table 2 can show (leaving it out would overstate ST's accuracy on that set). A model with
+    non-finite logits, a diverged or an unfinished run stays out."""
+    from collections import Counter
+
+    from hyporay import metrics as M
+
+    if df.empty:
+        return df, Counter(), 0
+    finite = df[M.NONFINITE_LOGITS].fillna(0) == 0 if M.NONFINITE_LOGITS in df else True
+    constant = (df["outcome"] == "degenerate") & finite
+    keep = (df["outcome"] == "result") | constant
+    return df[keep].copy(), Counter(o for o in df.loc[~keep, "outcome"]), int(constant.sum())
+
+
 def report(ctx: dict) -> list[Path]:
     """The sweep's ``after`` hook: delusive_table.md / .csv and the verdict."""
     from hyporay.analysis import tables as T
-    from hyporay.analysis.runs import describe_left_out, records, results
+    from hyporay.analysis.runs import describe_left_out, records
 
-    res, left = results(ctx["table"])
+    res, left, constant = accuracy_runs(ctx["table"])
     trials = ctx["trials"]
     sets = T.unique(training_set(t) for t in trials)
     trainers = T.unique(t["train"]["trainer"] for t in trials)
@@ -143,7 +167,9 @@ def report(ctx: dict) -> list[Path]:
     left_txt = describe_left_out(left)
     caption = (f"Clean test accuracy (%) after training on each set, mean ± std over {'/'.join(map(str, seeds))} "
                f"seed(s), [001's CIFAR-10 ResNet-18 number]; {T.threat_caption(trials[0], ctx['profile'])}"
-               + (f"; left out: {left_txt} run(s)" if left_txt else "") + ".")
+               + (f"; left out: {left_txt} run(s)" if left_txt else "")
+               + (f"; {constant} run(s) predict one class whatever the input, kept (their accuracy is the poison's "
+                  "effect)" if constant else "") + ".")
     verdict_txt = {True: "HOLDS", False: "DOES NOT HOLD", None: "CANNOT BE DECIDED"}[holds]
     out = Path(ctx["out_dir"])
     out.mkdir(parents=True, exist_ok=True)

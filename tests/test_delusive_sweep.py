@@ -49,7 +49,24 @@ def test_verdict_on_001s_own_numbers_holds():
     holds, lines = D.verdict(cells)
     assert holds is True, lines
     # P5: ST 10.12 -> RandNoise 27.56 of a loss of 84.5 points: 21% recovered
-    assert any(ln.startswith("P5: ST loses 84.5 ± 0.0 points") and "RandNoise 21%" in ln for ln in lines)
+    assert any(ln.startswith("P5: ST loses 84.5 points (one seed: no noise estimate, judged on the 1-point "
+                             "threshold alone)") and "RandNoise 21%" in ln for ln in lines)
+
+
+def test_constant_predictors_keep_their_accuracy_other_failures_stay_out():
+    """A poison that collapses ST to one class is Table 2's strongest effect: that run's accuracy counts; a model
+    with non-finite logits, a diverged or an unfinished run does not."""
+    import pandas as pd
+
+    from hyporay import metrics as M
+
+    df = pd.DataFrame({"outcome": ["result", "degenerate", "degenerate", "diverged", "unfinished"],
+                       M.NONFINITE_LOGITS: [0.0, 0.0, 12.0, float("nan"), float("nan")],
+                       "acc_clean": [0.9, 0.1, 0.1, float("nan"), 0.5]})
+    kept, left, constant = D.accuracy_runs(df)
+    assert list(kept.index) == [0, 1] and constant == 1
+    assert left == {"degenerate": 1, "diverged": 1, "unfinished": 1}
+    assert D.accuracy_runs(df.drop(columns=[M.NONFINITE_LOGITS]))[2] == 2  # never counted: no NaN logits seen
 
 
 @pytest.mark.parametrize("noise, at, expected", [(0.35, 0.85, False), (0.80, 0.85, False), (0.35, 0.55, False),
