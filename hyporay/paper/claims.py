@@ -146,12 +146,15 @@ def claim4(rows_f4: list[dict], n_boot: int = N_BOOT) -> dict:
     # difference is found (interval above 0) with 80% power once it exceeds (1.96 + 0.84) SE
     se = (hi - lo) / (2 * 1.96) if len(seeds) >= 2 else math.nan
     mdd = (1.96 + 0.84) * se
-    stat = (f"on the common natural-risk range [0, {ref[0]:.3f}]: HV(THRM) - HV(TRADES) = {est:+.4f}, 95% bootstrap "
-            f"CI over {len(seeds)} seed(s) [{lo:+.4f}, {hi:+.4f}] (HV THRM {hv_thrm:.4f}, TRADES {hv_trades:.4f}); "
-            f"power: SE {se:.4f}, smallest difference found with 80% power {mdd:.4f}; "
-            f"whole square, reference point {REF}: {f_est:+.4f} [{f_lo:+.4f}, {f_hi:+.4f}]; {len(lams)} λ values")
-    if len(seeds) < 2:
-        stat += "; 1 seed: no interval"
+    if len(seeds) >= 2:
+        stat = (f"on the common natural-risk range [0, {ref[0]:.3f}]: HV(THRM) - HV(TRADES) = {est:+.4f}, 95% "
+                f"bootstrap CI over {len(seeds)} seed(s) [{lo:+.4f}, {hi:+.4f}] (HV THRM {hv_thrm:.4f}, TRADES "
+                f"{hv_trades:.4f}); power: SE {se:.4f}, smallest difference found with 80% power {mdd:.4f}; "
+                f"whole square, reference point {REF}: {f_est:+.4f} [{f_lo:+.4f}, {f_hi:+.4f}]; {len(lams)} λ values")
+    else:  # one seed: a bootstrap interval would be a single point and the power unknown; neither is printed
+        stat = (f"on the common natural-risk range [0, {ref[0]:.3f}]: HV(THRM) - HV(TRADES) = {est:+.4f} (HV THRM "
+                f"{hv_thrm:.4f}, TRADES {hv_trades:.4f}); whole square, reference point {REF}: {f_est:+.4f}; "
+                f"{len(lams)} λ values; 1 seed: no interval, no power estimate")
     return {"verdict": "shown" if shown else "not shown", "statistic": stat, "difference": est, "low": lo,
             "high": hi, "se": se, "detectable_80": mdd, "hv_thrm": hv_thrm, "hv_trades": hv_trades, "reference": ref,
             "difference_full": f_est,
