@@ -37,19 +37,38 @@ def verdict(attack: float, upper: float) -> str:
     return f"informative: gap {upper - attack:.3f}"
 
 
-def frontier_rows(path: Path) -> list[dict]:
-    rows = []
+CERTIFIERS = {"ibp": "IBP", "crown-ibp": "CROWN-IBP", "crown": "CROWN"}
+REGULARISED = ("trades", "thrm")  # λ = 0 of either is natural training (one model, on both curves)
+
+
+def frontier_rows(path: Path, certifier: str) -> list[dict]:
+    rows, natural_seen = [], False
     with path.open() as f:
         for r in csv.DictReader(f):
             lam = float(r["lam"])
-            if lam == 0 and r["trainer"] != "trades":   # natural training: once (λ = 0 is on both curves)
+            natural = lam == 0 and r["trainer"] in REGULARISED
+            if natural and natural_seen:  # natural training once, whichever curve lists it first
                 continue
+            natural_seen |= natural
             attack, upper = float(r["hypocritical_risk"]), float(r.get("hypocritical_risk_certified_upper") or "nan")
-            rows.append({"model": "MLP 784-256-256-10", "trainer": "NT" if lam == 0 else NAMES[r["trainer"]],
+            rows.append({"model": "MLP 784-256-256-10",
+                         "trainer": "NT" if natural else NAMES.get(r["trainer"], r["trainer"]),
                          "lam": lam, "seeds": int(r["n_seeds"]), "natural_risk": float(r["natural_risk"]),
-                         "attack": attack, "upper": upper, "certifier": "CROWN-IBP",
+                         "attack": attack, "upper": upper, "certifier": certifier,
                          "verdict": verdict(attack, upper), "source": f"{path.parent.name}/{path.name}"})
     return rows
+
+
+def reproduction_setting(results: Path) -> tuple[str, str]:
+    """(the reproduction's eval attack in one line, its certifier), from the plan it recorded (trials.json)."""
+    from hyporay.attacks import AttackSpec
+
+    plan = results / "trials.json"
+    if not plan.is_file():
+        return "the reproduction's eval attack (see its report)", "its eval.certify"
+    base = json.loads(plan.read_text())["base"]
+    spec = AttackSpec(**{k[len("eval.attack."):]: v for k, v in base.items() if k.startswith("eval.attack.")})
+    return spec.describe(), CERTIFIERS.get(base.get("eval.certify"), str(base.get("eval.certify")))
 
 
 def trial_row(run: Path) -> dict:
@@ -62,7 +81,8 @@ def trial_row(run: Path) -> dict:
     upper = m.get("hypocritical_risk_certified_upper")
     upper = math.nan if upper is None else float(upper)
     kw = cfg.model.kwargs
-    return {"model": f"l_inf-dist net 784-{kw.get('width', '?')}x{kw.get('depth', '?')}-10",
+    return {"attack_setting": cfg.eval.attack.describe(),
+            "model": f"l_inf-dist net 784-{kw.get('width', '?')}x{kw.get('depth', '?')}-10",
             "trainer": NAMES.get(cfg.train.trainer, cfg.train.trainer), "lam": cfg.train.lam, "seeds": 1,
             "natural_risk": float(m["natural_risk"]), "attack": attack, "upper": upper,
             "certifier": f"its margin certificate ({cfg.eval.certify})", "verdict": verdict(attack, upper),
@@ -83,19 +103,25 @@ def main(argv=None) -> int:
         if not (run / "metrics.json").is_file() or not (run / "config.yaml").is_file():
             p.error(f"{run}: no metrics.json and config.yaml (a finished hyporay train --out directory)")
     order = {"NT": 0, "PGD-AT": 1, "TRADES": 2, "THRM": 3}
-    rows = sorted(frontier_rows(front), key=lambda r: (order.get(r["trainer"], 9), r["lam"]))
-    rows += sorted((trial_row(r) for r in a.runs), key=lambda r: (order.get(r["trainer"], 9), r["lam"]))
+    setting, certifier = reproduction_setting(a.results)
+    rows = sorted(frontier_rows(front, certifier), key=lambda r: (order.get(r["trainer"], 9), r["lam"]))
+    if not rows:
+        p.error(f"--results: {front} lists no frontier point")
+    runs = sorted((trial_row(r) for r in a.runs), key=lambda r: (order.get(r["trainer"], 9), r["lam"]))
+    settings = {f"the MLP rows: {setting}"} | {f"{r['source'].split(' ')[0]}: {r.pop('attack_setting')}" for r in runs}
+    if len({s.split(": ", 1)[1] for s in settings}) == 1:  # one threat model for every row
+        settings = {setting}
+    rows += runs
     with (a.results / "bracket.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    eps = "ℓ∞ ε = 0.1"
     md = ["# The certified bracket of R_hyp(D-) on Fashion-MNIST", "",
-          f"R_hyp(D-) ({eps}) lies in [attack, certified]: the attack (PGD-20, early stop) finds concealable mistakes "
-          "(a lower bound), the certifier bounds it from above. Vacuous: the bound is 1, no misclassified test point "
-          "could be certified. Built by `tools/fashion_bracket.py` from the reproduction's frontier.csv (MLP rows, "
-          "means over its seeds) and the l_inf-dist runs named in the source column (one seed each); nothing here is "
-          "written by hand.", "",
+          f"R_hyp(D-) lies in [attack, certified]: the attack ({'; '.join(sorted(settings))}) finds concealable "
+          "mistakes (a lower bound), the certifier bounds it from above at the same ε. Vacuous: the bound is 1, no "
+          "misclassified test point could be certified. Built by `tools/fashion_bracket.py` from the reproduction's "
+          "frontier.csv (MLP rows, means over its seeds) and the l_inf-dist runs named in the source column (one seed "
+          "each); nothing here is written by hand.", "",
           "| model | trainer | λ | seeds | natural risk | R_hyp(D-) attack | certified upper | certifier | upper bound |",
           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
