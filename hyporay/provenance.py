@@ -30,8 +30,9 @@ CONFIG = "hyporay.config_sha256"       # ``config_hash`` of the trial
 TORCH = "hyporay.torch_version"        # torch.__version__ (its build: +cpu, +cu128, ...)
 CPU = "hyporay.cpu"                    # the CPU model (/proc/cpuinfo's model name, else platform's)
 THREADS = "hyporay.threads"            # torch's intra-op threads the trial ran with
+GPU = "hyporay.gpu"                    # the GPU a CUDA trial ran on and torch's CUDA version (absent on CPU)
 KEYS = (COMMIT, DIRTY, DIFF, VERSION)
-MACHINE_KEYS = (TORCH, CPU, THREADS)
+MACHINE_KEYS = (TORCH, CPU, GPU, THREADS)
 
 # Fields that say where and how a trial runs, not what it computes: left out of the config hash, so the same
 # trial hashes alike on a laptop and on a cluster node (absolute data paths, devices and threads differ there).
@@ -85,12 +86,29 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def machine(threads: int | None = None) -> dict[str, str]:
-    """The machine a number is computed on: ``{TORCH, CPU, THREADS}`` (strings, as MLflow tags). ``threads``: the
-    count the trial sets (its ``threads`` field); None or 0 = torch's current count in this process."""
+def gpu_model(device: str | None) -> str | None:
+    """``NVIDIA H200, CUDA 13.0`` for a trial that runs on CUDA (``device`` cuda, cuda:N, or auto with a GPU
+    here); None on the CPU."""
     import torch
 
-    return {TORCH: str(torch.__version__), CPU: cpu_model(), THREADS: str(int(threads or torch.get_num_threads()))}
+    if not torch.cuda.is_available():
+        return None
+    dev = torch.device("cuda" if device in (None, "auto") else device)
+    if dev.type != "cuda":
+        return None
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    return f"{torch.cuda.get_device_name(index)}, CUDA {torch.version.cuda}"
+
+
+def machine(threads: int | None = None, device: str | None = "cpu") -> dict[str, str]:
+    """The machine a number is computed on: ``{TORCH, CPU, THREADS}``, and ``GPU`` for a trial on CUDA (strings, as
+    MLflow tags). ``threads``: the count the trial sets (its ``threads`` field); None or 0 = torch's current count in
+    this process. ``device``: the trial's (auto = the GPU where there is one)."""
+    import torch
+
+    gpu = gpu_model(device)
+    return ({TORCH: str(torch.__version__), CPU: cpu_model()} | ({GPU: gpu} if gpu else {})
+            | {THREADS: str(int(threads or torch.get_num_threads()))})
 
 
 def identity(trial: dict) -> dict[str, Any]:
@@ -111,7 +129,7 @@ def plan_hash(trials: list[dict]) -> str:
 
 def of_trial(trial: dict) -> dict[str, str]:
     """Provenance of one trial: the code, the machine (with the trial's thread count) and the config hash."""
-    return code() | machine(trial.get("threads")) | {CONFIG: config_hash(trial)}
+    return code() | machine(trial.get("threads"), trial.get("device", "auto")) | {CONFIG: config_hash(trial)}
 
 
 def is_clean(prov: dict) -> bool:
@@ -119,12 +137,15 @@ def is_clean(prov: dict) -> bool:
 
 
 def describe_machine(prov: dict) -> str:
-    """``torch 2.14.1+cpu, AMD EPYC, 1 thread`` (the keys present; "unknown machine" when none is)."""
+    """``torch 2.14.1+cpu, AMD EPYC, 1 thread`` (+ ``, NVIDIA H200, CUDA 13.0`` after the CPU for a CUDA trial; the
+    keys present; "unknown machine" when none is)."""
     parts = []
     if prov.get(TORCH):
         parts.append(f"torch {prov[TORCH]}")
     if prov.get(CPU):
         parts.append(str(prov[CPU]))
+    if prov.get(GPU):
+        parts.append(str(prov[GPU]))
     if prov.get(THREADS):
         n = str(prov[THREADS])
         parts.append(f"{n} thread{'' if n == '1' else 's'}")

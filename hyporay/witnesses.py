@@ -27,6 +27,11 @@ every attack is today's. Hence, per example and for every indicator:
 with equality to today's wherever no intermediate point of today's attacks was a witness its final iterates
 missed (in particular where each attack's final iterate was its first success). Stability keeps every witness it
 had: an example leaves the stability attack (or any other) only once its stability indicator is 1.
+
+"Today's trajectory" assumes an example's logits do not depend on the batch it is in (eval mode, no batch
+statistics). That holds bit for bit on the CPU, where the per-example tests run; on a GPU the shrinking batch can
+pick other kernels (TF32, batch-size-dependent cuBLAS algorithms), so a near-tie may resolve differently there and
+an example's indicator may differ from today's by float noise, in either direction.
 """
 from __future__ import annotations
 

@@ -104,3 +104,22 @@ def test_machine_provenance_torch_cpu_threads_next_to_the_commit():
     assert prov[P.CONFIG] == P.config_hash(load_config({"seed": 1, "threads": 1}).model_dump())
     assert P.describe_machine(prov) == f"torch {torch.__version__}, {prov[P.CPU]}, 3 threads"
     assert P.describe_machine({P.THREADS: "1"}) == "1 thread" and P.describe_machine({}) == "unknown machine"
+
+
+def test_a_cuda_trial_records_its_gpu_and_a_cpu_trial_none(monkeypatch):
+    """Bit for bit holds on the same GPU and CUDA build only, so a CUDA trial names both (this machine has no GPU:
+    torch.cuda's three answers are stood in for; the rest is the real code path)."""
+    import torch
+
+    assert P.GPU not in P.of_trial(load_config({"seed": 1, "device": "cpu"}).model_dump())
+    assert P.GPU not in P.of_trial(load_config({"seed": 1}).model_dump()) or torch.cuda.is_available()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"NVIDIA H200 #{i}")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    for device, want in (("auto", "NVIDIA H200 #0, CUDA 13.0"), ("cuda:1", "NVIDIA H200 #1, CUDA 13.0"),
+                         ("cpu", None)):
+        prov = P.of_trial(load_config({"seed": 1, "device": device, "threads": 1}).model_dump())
+        assert prov.get(P.GPU) == want, device
+    prov = P.of_trial(load_config({"seed": 1, "device": "cuda", "threads": 1}).model_dump())
+    assert P.describe_machine(prov) == f"torch {torch.__version__}, {prov[P.CPU]}, NVIDIA H200 #0, CUDA 13.0, 1 thread"
