@@ -24,6 +24,7 @@ from statistics import NormalDist
 import torch
 from torch import Tensor, nn
 
+from hyporay.attacks import frozen_eval
 from hyporay.audit.report import CHECK_SMUGGLING, FLAG, PASS, SKIPPED, CheckResult
 from hyporay.data import to_float
 
@@ -61,10 +62,8 @@ def correctness(models: nn.Module | list[nn.Module], x: Tensor, y: Tensor, batch
     models = models if isinstance(models, (list, tuple)) else [models]
     rows = []
     for m in models:
-        was = m.training
-        m.eval()
-        pred = torch.cat([m(to_float(x[i:i + batch_size])).argmax(1) for i in range(0, len(x), batch_size)])
-        m.train(was)
+        with frozen_eval(m):  # each module's own mode back afterwards, also after an error
+            pred = torch.cat([m(to_float(x[i:i + batch_size])).argmax(1) for i in range(0, len(x), batch_size)])
         rows.append((pred == y).to(torch.float64))
     return torch.stack(rows)
 
