@@ -272,13 +272,27 @@ def _env(copy: Path, extra_path: str | None = None) -> dict:
     return env
 
 
+MEMORY_GIB = 8  # address space of one test process (a fast-test process needs ~5 GiB of it, ~1 GiB resident)
+
+
+def _memory_cap() -> None:
+    """preexec_fn: a mutant that allocates without end (e.g. a loop bound turned infinite) fails its own tests with
+    a MemoryError instead of driving the machine into the kernel's OOM killer, which then picks other programs
+    (mutmut's forks inherit the cap)."""
+    import resource
+
+    cap = MEMORY_GIB << 30
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
 def _pytest(copy: Path, tests, k: str | None, timeout: int) -> tuple[int, float, str]:
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-W", "ignore", *tests]
     if k:
         cmd += ["-k", k]
     t0 = time.perf_counter()
     try:
-        r = subprocess.run(cmd, cwd=copy, env=_env(copy), capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(cmd, cwd=copy, env=_env(copy), capture_output=True, text=True, timeout=timeout,
+                           preexec_fn=_memory_cap)
         rc, out = r.returncode, r.stdout + r.stderr
     except subprocess.TimeoutExpired:
         rc, out = -1, f"timed out after {timeout}s"
@@ -381,7 +395,7 @@ def _run_mutmut(mutmut_path: str, jobs: int, base: Path) -> tuple[list[Survivor]
     (copy / "pyproject.toml").write_text((copy / "pyproject.toml").read_text() + _mutmut_config())
     env = dict(os.environ, PYTHONPATH=mutmut_path, OMP_NUM_THREADS="1")
     run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs)], cwd=copy, env=env,
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, preexec_fn=_memory_cap)
     if run.returncode != 0:
         print(run.stdout[-3000:], run.stderr[-3000:], sep="\n")
         raise SystemExit(f"mutants: mutmut run failed (exit {run.returncode})")
