@@ -2,6 +2,7 @@
 hand-computed trajectories on a one-pixel model, and the attack invariants on real digits models."""
 from __future__ import annotations
 
+import functools
 import itertools
 
 import pytest
@@ -169,3 +170,29 @@ def test_apgd_early_stop_invariants(bn_cnn, naive_mlp, batch, norm, objective):
     assert torch.equal(stop.success, stop.first_success >= 0) and torch.equal(stop.success, full.success)
     assert torch.equal(stop.x[~stop.success], full.x[~full.success])
     assert stop.passes.sum() < full.passes.sum()
+
+
+@pytest.mark.parametrize("method,objective", list(itertools.product(("pgd", "apgd"), OBJS)))
+def test_eps_zero_result_is_the_clean_point_read_once(naive_mlp, batch, method, objective):
+    """eps = 0 with a result asked for: x itself; each active example's success read from one forward at the clean
+    point (its first success is then step 0 of restart 0, else -1); inactive examples cost nothing and never
+    succeed; stability never succeeds (x' = x cannot change the prediction)."""
+    x, y = batch[0][:60], batch[1][:60]
+    target = (y + 1) % 10 if objective == "targeted" else None
+    attack = functools.partial(pgd, step_size=0.0) if method == "pgd" else apgd
+    with torch.no_grad():
+        pred = naive_mlp.eval()(x).argmax(1)
+    clean = {"adversarial": pred != y, "hypocritical": pred == y, "targeted": pred == target,
+             "stability": torch.zeros_like(y, dtype=torch.bool)}[objective]
+    assert 0 < int(clean.sum()) < len(y) or objective == "stability"
+    for active, early_stop in ((None, None), (None, 0), (torch.arange(60) % 3 != 0, 0)):
+        on = torch.ones_like(clean) if active is None else active
+        with passes.counting() as spent:
+            res = attack(naive_mlp, x, y, eps=0.0, steps=7, objective=objective, target=target,
+                         early_stop=early_stop, active=active, return_result=True)
+        assert torch.equal(res.x, x) and res.x.data_ptr() != x.data_ptr() and res.steps == 7
+        assert torch.equal(res.success, clean & on)
+        first = torch.where(clean & on, 0, -1)
+        assert torch.equal(res.first_success, first) and torch.equal(res.restart, first)
+        assert torch.equal(res.passes, on.long())
+        assert (spent.forward, spent.backward) == (int(on.sum()), 0)

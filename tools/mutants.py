@@ -43,6 +43,7 @@ EQUIVALENT = ROOT / "tests" / "mutants_equivalent.md"
 FAST_TESTS = ["tests/test_attacks.py", "tests/test_early_stop.py", "tests/test_metrics.py", "tests/test_trainers.py",
               "tests/test_apgd.py", "tests/test_degenerate.py",  # APGD and the margin score; metrics' degeneracy
               "tests/test_decided_eval.py",  # evaluation that stops once decided (hyporay/witnesses.py)
+              "tests/test_seed_trainers.py",  # 001's defences in losses.py: RandNoise, FAT, GAIRAT
               "tests/test_analysis.py::test_metric_name_helper_round_trip"]  # hyporay.metrics' name helpers
 FAST_DESELECT = "not cli"
 MUTMUT_SOURCES = ["hyporay/attacks/", "hyporay/metrics.py", "hyporay/witnesses.py", "hyporay/trainers/losses.py"]
