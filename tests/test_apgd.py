@@ -356,3 +356,18 @@ def test_the_start_and_its_sigma_are_the_ones_asked_for(natural_mlp, batch):
     assert torch.equal(run(random_start="gaussian", sigma=0.01), outs["gaussian"])
     with pytest.raises(ValueError, match=r"^sigma: must be a number >= 0, got -0.1$"):
         run(random_start="gaussian", sigma=-0.1)
+
+
+@pytest.mark.parametrize("method", ["pgd", "apgd"])
+def test_active_and_decided_need_early_stop_and_a_bool_mask_of_shape_n(natural_mlp, batch, method):
+    x, y = batch
+    kw = dict(eps=0.1, steps=2) if method == "apgd" else dict(eps=0.1, step_size=0.05, steps=2)
+    attack = apgd if method == "apgd" else pgd
+    mask = torch.ones(len(x), dtype=torch.bool)
+    decided = lambda idx, logits: torch.ones(len(idx), dtype=torch.bool)  # noqa: E731
+    for extra in (dict(active=mask), dict(decided=decided), dict(active=mask, decided=decided)):
+        with pytest.raises(ValueError, match=r"^active, decided: need early_stop \(an integer >= 0\)$"):
+            attack(natural_mlp, x, y, **kw, **extra)
+    for bad in (mask.float(), torch.ones(len(x) + 1, dtype=torch.bool), mask[:, None]):
+        with pytest.raises(ValueError, match=rf"^active: must be a bool tensor of shape \({len(x)},\), got "):
+            attack(natural_mlp, x, y, early_stop=0, active=bad, **kw)

@@ -196,3 +196,90 @@ def test_eps_zero_result_is_the_clean_point_read_once(naive_mlp, batch, method, 
         assert torch.equal(res.first_success, first) and torch.equal(res.restart, first)
         assert torch.equal(res.passes, on.long())
         assert (spent.forward, spent.backward) == (int(on.sum()), 0)
+
+
+# APGD from x on the one-pixel model: η = 2ε carries x_1 to the top of the ball (x + ε = 0.55 0.75 0.9 0.35; the
+# gradient's sign is +) and the iterates stay there (z - x_k = 0, x_k - x_{k-1} = 0 after clamping), so x_k = x_1
+# for every k >= 1: first successes at steps 1, 1, 0, and never
+AHAND = dict(eps=0.3, steps=5, random_start="none", return_result=True)
+
+
+def test_apgd_on_the_threshold_model_by_hand():
+    with passes.counting() as spent:
+        full = apgd(Threshold(), X, Y, **AHAND)
+    assert _close(full.x, [0.55, 0.75, 0.9, 0.35]) and full.first_success.tolist() == [1, 1, 0, -1]
+    assert full.steps == 5 and full.kappa.tolist() == [1, 1, 0, 5] and full.restart.tolist() == [0, 0, 0, -1]
+    # no early stop: 6 forwards (x_0 .. x_5) and 5 gradients per example, also with a result asked for
+    assert full.passes.tolist() == [6 + 5] * 4 and (spent.forward, spent.backward) == (24, 20)
+    with passes.counting() as spent:
+        res = apgd(Threshold(), X, Y, early_stop=0, **AHAND)
+    assert _close(res.x, [0.55, 0.75, 0.6, 0.35])  # first successes; the never-broken one: its best point
+    assert res.first_success.tolist() == [1, 1, 0, -1] and res.success.tolist() == [True, True, True, False]
+    assert res.steps == 5 and res.kappa.tolist() == [1, 1, 0, 5] and res.restart.tolist() == [0, 0, 0, -1]
+    # forwards at the visited points up to the stop; a backward on every batch that still had someone to move
+    # (the leavers' rows are part of it): only the rows in the batch pay, in the result and in hyporay.passes
+    assert res.passes.tolist() == [2 + 2, 2 + 2, 1 + 1, 6 + 5] and (spent.forward, spent.backward) == (11, 10)
+    fat = apgd(Threshold(), X, Y, early_stop=1, **AHAND)  # x_{k+1}; never broken: its best point
+    assert _close(fat.x, [0.55, 0.75, 0.9, 0.35]) and fat.passes.tolist() == [3 + 3, 3 + 3, 2 + 2, 6 + 5]
+    # τ past the budget: every example runs to x_5, and the successful ones return it (not x)
+    late = apgd(Threshold(), X, Y, early_stop=10, **AHAND)
+    assert _close(late.x, [0.55, 0.75, 0.9, 0.35]) and late.first_success.tolist() == [1, 1, 0, -1]
+    assert late.success.tolist() == [True, True, True, False] and late.passes.tolist() == [11] * 4
+
+
+@pytest.mark.parametrize("method", ["pgd", "apgd"])
+def test_a_batch_that_empties_spends_nothing_more(method):
+    """Every example decided before the last step: the batch empties there and no gradient follows it."""
+    with passes.counting() as spent:
+        if method == "pgd":  # first successes 3, 1, 0 (see X)
+            res = pgd(Threshold(), X[:3], Y[:3], early_stop=0, **HAND)
+            want = [4 + 3, 2 + 2, 1 + 1]  # the last leaver alone at step 3: a forward, no backward
+        else:  # first successes 1, 1, 0: both leave at step 1, when the batch empties
+            res = apgd(Threshold(), X[:3], Y[:3], early_stop=0, **AHAND)
+            want = [2 + 1, 2 + 1, 1 + 1]
+    assert res.passes.tolist() == want and res.success.all()
+    assert spent.forward + spent.backward == sum(want)
+
+
+@pytest.mark.parametrize("method", ["pgd", "apgd"])
+def test_inactive_examples_are_returned_as_x_and_cost_nothing(method):
+    """``active``: the masked-out example is x, never succeeds and costs nothing; the others get exactly what they
+    get without the mask (the never-broken example keeps the batch going, so the batches' passes agree too)."""
+    attack = functools.partial(pgd, step_size=0.1) if method == "pgd" else apgd
+    kw = {k: v for k, v in AHAND.items()}
+    on = torch.tensor([True, False, True, True])
+    every = attack(Threshold(), X, Y, early_stop=0, **kw)
+    with passes.counting() as spent:
+        res = attack(Threshold(), X, Y, early_stop=0, active=on, **kw)
+    assert torch.equal(res.x[~on], X[~on]) and torch.equal(res.x[on], every.x[on])
+    assert res.success.tolist() == [True, False, True, False]
+    assert res.first_success.tolist() == [int(every.first_success[0]), -1, 0, -1]
+    assert res.restart.tolist() == [0, -1, 0, -1]
+    assert res.passes[1] == 0 and torch.equal(res.passes[on], every.passes[on])
+    assert spent.forward + spent.backward == int(res.passes.sum())
+
+
+@pytest.mark.parametrize("method", ["pgd", "apgd"])
+def test_stability_with_a_mask_reads_the_clean_point_of_the_active_examples_only(naive_mlp, batch, method):
+    """The stability objective's clean forward (in hyporay.passes only) covers the active examples, no more."""
+    x, y = batch[0][:40], batch[1][:40]
+    attack = functools.partial(pgd, step_size=0.025) if method == "pgd" else apgd
+    on = torch.arange(40) % 4 != 0
+    with passes.counting() as spent:
+        res = attack(naive_mlp, x, y, eps=0.1, steps=3, objective="stability", early_stop=0, active=on,
+                     generator=torch.Generator().manual_seed(0), return_result=True)
+    assert torch.equal(res.x[~on], x[~on]) and int(res.passes[~on].sum()) == 0
+    assert spent.forward + spent.backward == int(res.passes.sum()) + int(on.sum())
+
+
+@pytest.mark.parametrize("method", ["pgd", "apgd"])
+def test_restarts_draw_their_starts_even_when_no_example_is_left(method):
+    """Every example decided in restart 0: restarts 1 and 2 attack nobody, yet each still draws its start for the
+    whole batch, so the generator ends where the attack without early stop leaves it."""
+    attack = functools.partial(pgd, step_size=0.2) if method == "pgd" else apgd
+    kw = dict(eps=0.3, steps=5, random_start="uniform", restarts=3, return_result=True)
+    g_stop, g_full = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    res = attack(Threshold(), X[:3], Y[:3], early_stop=0, generator=g_stop, **kw)
+    assert res.success.all() and res.restart.tolist() == [0, 0, 0]  # restarts 1 and 2 had no one to attack
+    attack(Threshold(), X[:3], Y[:3], generator=g_full, **kw)
+    assert torch.equal(g_stop.get_state(), g_full.get_state())
