@@ -485,6 +485,10 @@ def main(argv=None) -> int:
                 print(f"mutmut: {len(survivors)} not killed, {len(survivors) - len(new)} of them listed as "
                       f"equivalent in {EQUIVALENT.relative_to(ROOT)}, {len(new)} NEW "
                       f"({time.perf_counter() - t1:.0f}s)")
+                unused = sorted(set(_equivalents()) - {(s.function, s.line) for s in survivors})
+                if unused:  # the line changed, or a test kills that mutant now: the row explains nothing
+                    print(f"mutmut: {len(unused)} row(s) of {EQUIVALENT.relative_to(ROOT)} match no survivor now "
+                          "(remove them):" + "".join(f"\n  {f}: {line}" for f, line in unused))
         print(f"mutants: {'ok' if not bad else f'{bad} surviving mutant(s) to look at'} "
               f"({time.perf_counter() - t0:.0f}s)")
     finally:
