@@ -189,3 +189,47 @@ def test_fat_spends_fewer_passes_than_pgd_at(digits):
                                                                  else None), batch_size=256, epochs=1)
         spent[loss] = t.train_epoch(digits.x_train, digits.y_train)["train_passes"]
     assert spent["fat"] < 0.8 * spent["pgd_at"], spent
+
+
+# --- image-pass accounting of every loss -------------------------------------------------------------------------
+
+def _hooked_counts(model):
+    """Rows through the model's forward and through its backward, counted by hooks (independent of hyporay.passes)."""
+    seen = {"forward": 0, "backward": 0}
+
+    def fwd(mod, inp):
+        seen["forward"] += inp[0].shape[0]
+
+    def bwd(mod, grad_in, grad_out):
+        seen["backward"] += grad_out[0].shape[0]
+
+    return seen, [model.register_forward_pre_hook(fwd), model.register_full_backward_hook(bwd)]
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+@pytest.mark.parametrize("loss,lam", [("natural", 0.0), ("pgd_at", 0.0), ("trades", 6.0), ("thrm", 6.0),
+                                      ("trades", 0.0), ("thrm", 0.0), ("randnoise", 0.0), ("fat", 0.0),
+                                      ("gairat", 0.0)])
+def test_every_loss_counts_the_passes_it_spends(digits, loss, lam):
+    """What a loss records in hyporay.passes (its inner attack's and its own forwards, and the training backward
+    through them) equals the rows that really went through the model, forward and backward, counted by hooks; at
+    λ = 0 TRADES and THRM spend exactly natural training's N + N (no inner attack)."""
+    from hyporay import passes
+
+    x, y = digits.x_train[:48], digits.y_train[:48]
+    m = _model(digits).train()
+    ctx = LossContext(attack=AttackSpec(eps=0.1, steps=4, early_stop=0 if loss == "fat" else None), lam=lam,
+                      generator=torch.Generator().manual_seed(0), epochs=2, epoch=1)
+    seen, handles = _hooked_counts(m)
+    try:
+        with passes.counting() as spent:
+            value, _ = LOSSES[loss](m, x, y, ctx)
+            value.backward()
+    finally:
+        for h in handles:
+            h.remove()
+    assert (spent.forward, spent.backward) == (seen["forward"], seen["backward"]) and spent.backward > 0
+    if loss == "natural" or (loss in ("trades", "thrm") and lam == 0) or loss == "randnoise":
+        assert (spent.forward, spent.backward) == (48, 48)
+    else:
+        assert spent.forward > 48 and spent.backward > 48  # an inner attack ran
