@@ -283,3 +283,29 @@ def test_restarts_draw_their_starts_even_when_no_example_is_left(method):
     assert res.success.all() and res.restart.tolist() == [0, 0, 0]  # restarts 1 and 2 had no one to attack
     attack(Threshold(), X[:3], Y[:3], generator=g_full, **kw)
     assert torch.equal(g_stop.get_state(), g_full.get_state())
+
+
+@pytest.mark.parametrize("early_stop", [None, 0, 1])
+def test_result_counts_are_integer_tensors(early_stop):
+    """first_success, restart and passes are counts: int64 (exact at any size, usable as indices), on both
+    methods, with and without early stop."""
+    for res in (pgd(Threshold(), X, Y, early_stop=early_stop, **HAND),
+                apgd(Threshold(), X, Y, early_stop=early_stop, **AHAND)):
+        for t in (res.first_success, res.restart, res.passes, res.kappa):
+            assert t.dtype == torch.int64 and t.shape == (4,)
+        assert res.passes.tolist() == [int(p) for p in res.passes.tolist()] and int(res.passes.min()) > 0
+
+
+@pytest.mark.parametrize("early_stop", [0, 1])
+def test_early_stop_on_float64_inputs_returns_the_float32_hand_values(early_stop):
+    """A float64 model and batch (the CE score is float64 there): the same points as in float32, in float64;
+    the never-broken example's fallback point (its best visited one) included."""
+    x64 = X.double()
+    res = pgd(Threshold(), x64, Y, early_stop=early_stop, **HAND)
+    want = [0.55, 0.55, 0.6, 0.35] if early_stop == 0 else [0.55, 0.65, 0.7, 0.35]
+    assert res.x.dtype == torch.float64 and torch.allclose(res.x.flatten(), torch.tensor(want, dtype=torch.float64))
+    assert res.first_success.tolist() == [3, 1, 0, -1] and res.success.tolist() == [True, True, True, False]
+    a = apgd(Threshold(), x64, Y, early_stop=early_stop, **AHAND)
+    a_want = [0.55, 0.75, 0.6, 0.35] if early_stop == 0 else [0.55, 0.75, 0.9, 0.35]
+    assert a.x.dtype == torch.float64 and torch.allclose(a.x.flatten(), torch.tensor(a_want, dtype=torch.float64))
+    assert a.first_success.tolist() == [1, 1, 0, -1]
