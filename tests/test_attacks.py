@@ -500,3 +500,14 @@ def test_a_caller_inside_no_grad_gets_the_same_attack(natural_mlp, batch, method
         inside = run()
         assert not torch.is_grad_enabled()
     assert torch.equal(inside, plain) and not torch.equal(plain, x)
+
+
+@pytest.mark.parametrize("restarts,best_iterate", [(1, False), (2, False), (1, True)])
+def test_result_without_early_stop_names_the_attacks_steps(natural_mlp, batch, restarts, best_iterate):
+    """``return_result`` without early stop: ``steps`` is the attack's K whichever path returns (last iterate, or
+    the best over restarts/iterates), so GAIRAT's κ (K where no visited point succeeded) is defined."""
+    x, y = batch[0][:32], batch[1][:32]
+    res = pgd(natural_mlp, x, y, eps=0.1, step_size=0.025, steps=5, restarts=restarts, best_iterate=best_iterate,
+              return_result=True, generator=torch.Generator().manual_seed(0))
+    assert res.steps == 5
+    assert torch.equal(res.kappa, torch.where(res.first_success >= 0, res.first_success, 5))

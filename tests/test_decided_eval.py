@@ -261,3 +261,19 @@ def test_skip_starts_checks_its_arguments_as_the_attacks_do():
         kw = {**dict(eps=0.1, norm="linf", objective="hypocritical", random_start="gaussian", restarts=1), **bad}
         with pytest.raises(ValueError, match=field):
             skip_starts(x, generator=torch.Generator().manual_seed(0), **kw)
+
+
+def test_decided_rule_records_clean_logits_and_all_labels_like_todays(natural_mlp, batch):
+    """Both rules hand the degeneracy check the same clean logits (the model's, on CPU), and ``targeted=True``
+    means every label of the data set under both."""
+    x, y = batch[0][:64], batch[1][:64]
+    today = AttackSpec(eps=0.1, steps=3)
+    decided = dataclasses.replace(today, early_stop=0)
+    runs = [M.evaluate_batch(natural_mlp, x, y, s, targeted=True, num_classes=10,
+                             generator=torch.Generator().manual_seed(1)) for s in (today, decided)]
+    with torch.no_grad():
+        logits = natural_mlp.eval()(x).float()
+    for pe in runs:
+        assert pe.clean_logits is not None and pe.clean_logits.device.type == "cpu"
+        assert torch.allclose(pe.clean_logits, logits) and sorted(pe.targeted) == list(range(10))
+    assert M.aggregate(runs[0])[M.DEGENERATE] == M.aggregate(runs[1])[M.DEGENERATE] == 0
