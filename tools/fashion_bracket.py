@@ -108,9 +108,9 @@ def main(argv=None) -> int:
     if not rows:
         p.error(f"--results: {front} lists no frontier point")
     runs = sorted((trial_row(r) for r in a.runs), key=lambda r: (order.get(r["trainer"], 9), r["lam"]))
-    settings = {f"the MLP rows: {setting}"} | {f"{r['source'].split(' ')[0]}: {r.pop('attack_setting')}" for r in runs}
-    if len({s.split(": ", 1)[1] for s in settings}) == 1:  # one threat model for every row
-        settings = {setting}
+    by_source = {"the MLP rows": setting} | {r["source"].split(" ")[0]: r.pop("attack_setting") for r in runs}
+    settings = ({setting} if len(set(by_source.values())) == 1  # one threat model for every row
+                else {f"{src}: {s}" for src, s in by_source.items()})
     rows += runs
     with (a.results / "bracket.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
